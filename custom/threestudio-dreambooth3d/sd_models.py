@@ -1,0 +1,100 @@
+"""Loading Stable Diffusion components from a hub id or a local diffusers folder.
+
+One loader for the trainer, the SDS guidance, img2img translation and evaluation, so
+every stage sees the same base model plus the same DreamBooth weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+
+@dataclass
+class SDComponents:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object  # the training (DDPM) noise scheduler of the model folder
+    source: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """Native image resolution: 512 for SD 1.x/2.x base, 32 for the tiny test model."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SDComponents":
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.to(device=device, dtype=dtype)
+        return self
+
+    def freeze(self) -> "SDComponents":
+        for m in (self.text_encoder, self.unet, self.vae):
+            m.requires_grad_(False).eval()
+        return self
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts, device=None) -> torch.Tensor:
+        """CLIP last hidden states [B, 77, D], as Stable Diffusion conditions on."""
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device or self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+
+def load_sd_components(
+    model: Union[str, Path],
+    checkpoint: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: torch.dtype = torch.float32,
+    merge_lora: bool = True,
+) -> SDComponents:
+    """Load tokenizer, text encoder, UNet, VAE and noise scheduler of ``model``.
+
+    ``model`` is a hub id (e.g. ``stabilityai/stable-diffusion-2-1-base``) or a local
+    diffusers folder. ``checkpoint`` is a DreamBooth checkpoint folder written by our
+    trainer; its weights are applied on top of the base (LoRA merged by default so
+    inference costs the same as the stock model).
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model = str(model)
+    local = Path(model).exists()
+    if local and not (Path(model) / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"{model} is not a diffusers model folder (no model_index.json). Pass a folder "
+            "saved with StableDiffusionPipeline.save_pretrained or a hub id such as "
+            "stabilityai/stable-diffusion-2-1-base."
+        )
+    kw = {"local_files_only": True} if local else {}
+    comps = SDComponents(
+        tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype, **kw),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kw),
+        vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **kw),
+        scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
+        source=model,
+    )
+    if checkpoint is not None:
+        from .checkpoints import apply_checkpoint
+
+        apply_checkpoint(comps, checkpoint, merge_lora=merge_lora)
+    if device is not None:
+        comps.to(device)
+    return comps

@@ -1,0 +1,1 @@
+"""threestudio adapters: thin registered wrappers around the threestudio-free core."""
