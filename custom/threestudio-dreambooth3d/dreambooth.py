@@ -1,0 +1,363 @@
+"""DreamBooth finetuning (instance + class-prior loss) with named checkpoints from one run.
+
+DreamBooth3D needs two models from the *same* run (an early "partial" checkpoint for
+stage 1 and the "full" one for stage 2) and later a multi-view run that continues
+from "full" on real photos plus captioned pseudo views. One trainer does all three.
+
+Inputs never change during a run (no augmentation), so VAE latent distributions and,
+with a frozen text encoder, prompt embeddings are computed once up front instead of
+every step as diffusers' example script does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoints, lora
+from .sd_models import SDComponents, load_sd_components
+from .subject import load_captioned_images, load_subject_images
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state/latest.pt"
+
+
+@dataclass
+class DreamBoothConfig:
+    pretrained_model: str
+    subject_dir: str
+    class_noun: str
+    output_dir: str
+    identifier: str = "sks"
+    instance_prompt: Optional[str] = None  # default "a {identifier} {class_noun}"
+    class_prompt: Optional[str] = None  # default "a {class_noun}"
+    # multi-view finetuning: extra (image path, caption) pairs and the checkpoint to continue from
+    extra_images: List[Tuple[str, str]] = field(default_factory=list)
+    init_checkpoint: Optional[str] = None
+    prior_preservation: bool = True
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 200
+    class_images_dir: Optional[str] = None  # default {output_dir}/class_images; shareable between runs
+    class_inference_steps: int = 25
+    resolution: Optional[int] = None  # default: the model's native resolution
+    batch_size: int = 1
+    max_steps: int = 800
+    checkpoint_steps: Dict[str, int] = field(default_factory=lambda: {"partial": 200, "full": 800})
+    mode: str = "lora"  # "lora" | "full"
+    lora_rank: int = 16
+    lora_alpha: Optional[float] = None  # default: rank
+    learning_rate: Optional[float] = None  # default 1e-4 (lora) / 5e-6 (full)
+    train_text_encoder: bool = False
+    text_encoder_learning_rate: Optional[float] = None  # default: learning_rate
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (CUDA only)
+    gradient_checkpointing: bool = False
+    save_state_every: int = 100
+    seed: int = 0
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lora", "full"):
+            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        bad = {k: s for k, s in self.checkpoint_steps.items() if not 0 < int(s) <= self.max_steps}
+        if bad:
+            raise ValueError(f"checkpoint steps {bad} must lie in 1..max_steps ({self.max_steps})")
+        self.checkpoint_steps = {k: int(v) for k, v in self.checkpoint_steps.items()}
+        self.extra_images = [(str(p), str(c)) for p, c in self.extra_images]
+
+    @property
+    def instance_prompt_text(self) -> str:
+        return self.instance_prompt or f"a {self.identifier} {self.class_noun}"
+
+    @property
+    def class_prompt_text(self) -> str:
+        return self.class_prompt or f"a {self.class_noun}"
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate or (1e-4 if self.mode == "lora" else 5e-6)
+
+    @property
+    def class_dir(self) -> Path:
+        return Path(self.class_images_dir or Path(self.output_dir) / "class_images")
+
+
+@dataclass
+class TrainResult:
+    checkpoints: Dict[str, Path]
+    history: List[Dict[str, float]]
+    resumed_from: int = 0
+
+
+def _file_digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).name.encode())
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(cfg: DreamBoothConfig, subject_paths: Sequence[Path]) -> str:
+    """What must match for a saved training state to be resumed."""
+    d = asdict(cfg)
+    for k in ("output_dir", "device", "save_state_every", "class_images_dir"):
+        d.pop(k)
+    d["subject_digest"] = _file_digest(subject_paths)
+    d["extra_digest"] = _file_digest([p for p, _ in cfg.extra_images]) if cfg.extra_images else ""
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_class_images(cfg: DreamBoothConfig, components: SDComponents) -> List[Path]:
+    """Generate (once) and cache the prior-preservation images from the base model."""
+    from PIL import Image
+
+    folder = cfg.class_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("class_*.png"))
+    missing = cfg.num_class_images - len(existing)
+    if missing > 0:
+        from .sampling import generate_images
+
+        log.info("Generating %d class images for %r into %s", missing, cfg.class_prompt_text, folder)
+        start = len(existing)
+        for i in tqdm(range(missing), desc="class images", leave=False):
+            img = generate_images(components, cfg.class_prompt_text, 1, cfg.class_inference_steps, seed=cfg.seed + 10_000 + start + i)[0]
+            arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+            path = folder / f"class_{start + i:05d}.png"
+            tmp = path.with_name("." + path.name)
+            Image.fromarray(arr).save(tmp, format="PNG")
+            tmp.replace(path)
+    return sorted(folder.glob("class_*.png"))[: cfg.num_class_images]
+
+
+class DreamBoothTrainer:
+    """Build with a config, call :meth:`train`. See the module docstring for what it caches."""
+
+    def __init__(self, cfg: DreamBoothConfig, components: Optional[SDComponents] = None):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.out = Path(cfg.output_dir)
+        self.components = components or load_sd_components(cfg.pretrained_model)
+        self.components.to(self.device).freeze()
+        self.resolution = cfg.resolution or self.components.resolution
+        # photos are validated before anything slow happens
+        self.instance_pixels, self.subject_paths = load_subject_images(cfg.subject_dir, self.resolution)
+        self.instance_prompts = [cfg.instance_prompt_text] * len(self.subject_paths)
+        if cfg.extra_images:
+            self.instance_pixels = torch.cat([self.instance_pixels, load_captioned_images(cfg.extra_images, self.resolution)])
+            self.instance_prompts += [c for _, c in cfg.extra_images]
+        self.class_pixels = None
+        if cfg.prior_preservation:
+            class_paths = ensure_class_images(cfg, self.components)
+            self.class_pixels, _ = load_subject_images(class_paths[0].parent, self.resolution, min_side=1) if class_paths else (None, None)
+            if self.class_pixels is not None:
+                self.class_pixels = self.class_pixels[: cfg.num_class_images]
+        self._prepare_trainable()
+        self._cache_inputs()
+
+    # -- setup -------------------------------------------------------------------------------
+    def _prepare_trainable(self) -> None:
+        cfg, comps = self.cfg, self.components
+        init_meta = None
+        if cfg.init_checkpoint:
+            init_meta = checkpoints.read_meta(cfg.init_checkpoint)
+            # continuing the same LoRA keeps it trainable; anything else is folded into the base
+            checkpoints.apply_checkpoint(comps, cfg.init_checkpoint, merge_lora=not (init_meta["mode"] == cfg.mode == "lora"))
+        modules = [comps.unet] + ([comps.text_encoder] if cfg.train_text_encoder else [])
+        targets = [lora.UNET_TARGETS, lora.TEXT_ENCODER_TARGETS]
+        for module, tgt in zip(modules, targets):
+            if cfg.mode == "lora":
+                from peft.tuners.tuners_utils import BaseTunerLayer
+
+                if not any(isinstance(m, BaseTunerLayer) for m in module.modules()):
+                    lora.add_lora(module, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, tgt)
+                for n, p in module.named_parameters():
+                    p.requires_grad_("lora_" in n)
+            else:
+                module.requires_grad_(True)
+            module.train()
+            # trainable weights in fp32 even when the frozen rest runs in half precision
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        if cfg.gradient_checkpointing:
+            comps.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                comps.text_encoder.gradient_checkpointing_enable()
+        groups = [{"params": [p for p in comps.unet.parameters() if p.requires_grad], "lr": cfg.lr}]
+        if cfg.train_text_encoder:
+            groups.append({"params": [p for p in comps.text_encoder.parameters() if p.requires_grad],
+                           "lr": cfg.text_encoder_learning_rate or cfg.lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision == "fp16" and self.device.type == "cuda")
+
+    @torch.no_grad()
+    def _encode_pixels(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        means, stds = [], []
+        vae = self.components.vae
+        for chunk in pixels.split(8):
+            dist = vae.encode(chunk.to(self.device, vae.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        return torch.cat(means), torch.cat(stds)
+
+    def _tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        tok = self.components.tokenizer
+        return tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
+                   truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def _cache_inputs(self) -> None:
+        self.inst_mean, self.inst_std = self._encode_pixels(self.instance_pixels)
+        self.inst_ids = self._tokenize(self.instance_prompts)
+        if self.class_pixels is not None:
+            self.cls_mean, self.cls_std = self._encode_pixels(self.class_pixels)
+            self.cls_ids = self._tokenize([self.cfg.class_prompt_text])
+        if not self.cfg.train_text_encoder:
+            with torch.no_grad():
+                self.inst_emb = self.components.text_encoder(self.inst_ids)[0]
+                if self.class_pixels is not None:
+                    self.cls_emb = self.components.text_encoder(self.cls_ids)[0]
+
+    # -- one step ----------------------------------------------------------------------------
+    def _embed(self, ids: torch.Tensor, cached: Optional[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        if cached is not None:
+            return cached[index]
+        return self.components.text_encoder(ids[index])[0]
+
+    def sample_batch(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        """Latents, text conditioning and an is-prior mask; class images fill the second half."""
+        n = self.cfg.batch_size
+        idx = torch.randint(len(self.inst_mean), (n,), generator=generator).to(self.device)
+        eps = torch.randn(self.inst_mean[idx].shape, generator=generator).to(self.device)
+        latents = self.inst_mean[idx] + self.inst_std[idx] * eps
+        cond = self._embed(self.inst_ids, getattr(self, "inst_emb", None), idx)
+        is_prior = torch.zeros(n, dtype=torch.bool, device=self.device)
+        if self.class_pixels is not None:
+            cidx = torch.randint(len(self.cls_mean), (n,), generator=generator).to(self.device)
+            ceps = torch.randn(self.cls_mean[cidx].shape, generator=generator).to(self.device)
+            latents = torch.cat([latents, self.cls_mean[cidx] + self.cls_std[cidx] * ceps])
+            zero = torch.zeros(n, dtype=torch.long, device=self.device)
+            cond = torch.cat([cond, self._embed(self.cls_ids, getattr(self, "cls_emb", None), zero)])
+            is_prior = torch.cat([is_prior, torch.ones(n, dtype=torch.bool, device=self.device)])
+        latents = latents * self.components.vae.config.scaling_factor
+        return {"latents": latents, "cond": cond, "is_prior": is_prior}
+
+    def loss(self, batch: Dict[str, torch.Tensor], generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        sched = self.components.scheduler
+        latents = batch["latents"]
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(self.device)
+        noisy = sched.add_noise(latents, noise, t)
+        target = sched.get_velocity(latents, noise, t) if self.components.prediction_type == "v_prediction" else noise
+        unet = self.components.unet
+        pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=batch["cond"].to(unet.dtype)).sample.float()
+        per_item = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        prior = batch["is_prior"]
+        instance_loss = per_item[~prior].mean()
+        out = {"instance_loss": instance_loss, "loss": instance_loss}
+        if prior.any():
+            out["prior_loss"] = per_item[prior].mean()
+            out["loss"] = instance_loss + self.cfg.prior_loss_weight * out["prior_loss"]
+        return out
+
+    # -- state -------------------------------------------------------------------------------
+    def _trainable_state(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        comps = self.components
+        mods = {"unet": comps.unet, **({"text_encoder": comps.text_encoder} if self.cfg.train_text_encoder else {})}
+        return {k: {n: p.detach().cpu().clone() for n, p in m.named_parameters() if p.requires_grad} for k, m in mods.items()}
+
+    def _save_state(self, step: int, generator: torch.Generator, fingerprint: str, history) -> None:
+        checkpoints.atomic_torch_save(
+            {"step": step, "fingerprint": fingerprint, "params": self._trainable_state(),
+             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+             "generator": generator.get_state(), "history": history},
+            self.out / STATE_FILE,
+        )
+
+    def _load_state(self, fingerprint: str, generator: torch.Generator):
+        path = self.out / STATE_FILE
+        if not path.exists():
+            return 0, []
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise RuntimeError(
+                f"{self.out} holds a finetuning run with different inputs or settings ({path}). "
+                "Use a new --out folder, or delete that folder to start over."
+            )
+        mods = {"unet": self.components.unet, "text_encoder": self.components.text_encoder}
+        for key, params in state["params"].items():
+            named = dict(mods[key].named_parameters())
+            with torch.no_grad():
+                for n, v in params.items():
+                    named[n].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"])
+        return state["step"], state["history"]
+
+    def save_named_checkpoint(self, name: str, step: int) -> Path:
+        cfg = self.cfg
+        meta = {
+            "name": name, "step": step, "mode": cfg.mode, "base_model": cfg.pretrained_model,
+            "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha or cfg.lora_rank,
+            "identifier": cfg.identifier, "class_noun": cfg.class_noun,
+            "instance_prompt": cfg.instance_prompt_text, "init_checkpoint": cfg.init_checkpoint,
+            "num_extra_images": len(cfg.extra_images),
+        }
+        te = self.components.text_encoder if cfg.train_text_encoder else None
+        return checkpoints.save_checkpoint(self.out / "checkpoints" / name, self.components.unet, te, meta)
+
+    # -- loop --------------------------------------------------------------------------------
+    def train(self, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> TrainResult:
+        """Run (or resume) to ``max_steps``; ``on_step(step, losses)`` is called after each step."""
+        cfg = self.cfg
+        generator = torch.Generator().manual_seed(cfg.seed)
+        fingerprint = run_fingerprint(cfg, self.subject_paths)
+        start, history = self._load_state(fingerprint, generator)
+        ckpt_at = {s: n for n, s in cfg.checkpoint_steps.items()}
+        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+        autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype and self.device.type == "cuda" else nullcontext())
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        bar = tqdm(range(start + 1, cfg.max_steps + 1), initial=start, total=cfg.max_steps, desc="DreamBooth")
+        for step in bar:
+            with autocast:
+                losses = self.loss(self.sample_batch(generator), generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            record = {"step": step, **{k: float(v) for k, v in losses.items()}}
+            if not math.isfinite(record["loss"]):
+                raise FloatingPointError(f"DreamBooth loss became {record['loss']} at step {step}; lower --lr.")
+            history.append(record)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+            if step in ckpt_at:
+                self.save_named_checkpoint(ckpt_at[step], step)
+            if step in ckpt_at or step % cfg.save_state_every == 0 or step == cfg.max_steps:
+                self._save_state(step, generator, fingerprint, history)
+            if on_step is not None:
+                on_step(step, record)
+        bar.close()
+        return TrainResult(
+            checkpoints={n: self.out / "checkpoints" / n for n in cfg.checkpoint_steps},
+            history=history,
+            resumed_from=start,
+        )
+
+
+def train_dreambooth(cfg: DreamBoothConfig, on_step=None) -> TrainResult:
+    return DreamBoothTrainer(cfg).train(on_step=on_step)
