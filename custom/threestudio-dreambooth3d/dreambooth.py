@@ -340,7 +340,7 @@ class DreamBoothTrainer:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            record = {"step": step, **{k: float(v) for k, v in losses.items()}}
+            record = {"step": step, **{k: v.item() for k, v in losses.items()}}
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"DreamBooth loss became {record['loss']} at step {step}; lower --lr.")
             history.append(record)

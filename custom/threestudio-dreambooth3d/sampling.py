@@ -34,11 +34,14 @@ def generate_images(
     guidance_scale: float = 7.5,
     seed: int = 0,
     batch_size: int = 4,
+    output_type: str = "pt",
 ) -> torch.Tensor:
-    """Images [N, 3, R, R] in [0, 1]; image i uses seed ``seed + i`` so results do not depend on batching."""
+    """Images [N, 3, R, R] in [0, 1] (or scaled latents with ``output_type="latent"``).
+
+    Image i uses seed ``seed + i`` so results do not depend on batching.
+    """
     pipe = make_pipeline(components)
     prompts = [prompts] * num_images if isinstance(prompts, str) else list(prompts)
-    device = components.unet.device
     out: List[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -48,8 +51,7 @@ def generate_images(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=gens,
-            output_type="pt",
+            output_type=output_type,
         ).images
         out.append(res.float().cpu())
-    del device
     return torch.cat(out)

@@ -7,7 +7,8 @@ from typing import List, Sequence, Tuple, Union
 import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-SUPPORTED_MODES = ("RGB", "RGBA", "L", "LA", "P", "I;16", "I", "CMYK")
+# 8-bit modes only: 16-bit/float images (I;16, I, F) would be silently clipped by PIL
+SUPPORTED_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "1")
 MIN_SIDE = 64
 
 
@@ -45,7 +46,7 @@ def load_image(path: Union[str, Path], resolution: int, min_side: int = MIN_SIDE
         raise SubjectImageError(f"{path} cannot be read as an image ({e}). Re-export it as PNG or JPEG, or remove it.") from e
     if img.mode not in SUPPORTED_MODES:
         raise SubjectImageError(
-            f"{path} has unsupported image mode {img.mode!r}. Save it as 8-bit RGB or RGBA (PNG/JPEG)."
+            f"{path} has unsupported image mode {img.mode!r} (16-bit or float). Save it as 8-bit RGB or RGBA (PNG/JPEG)."
         )
     if min(img.size) < min_side:
         raise SubjectImageError(

@@ -1,0 +1,49 @@
+"""``dreambooth3d`` command line: finetune, run (whole pipeline), eval.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
+``run(args)``; this file only wires them so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+SUBCOMMANDS = {
+    "finetune": "threestudio_dreambooth3d.cli_finetune",
+    "run": "threestudio_dreambooth3d.pipeline.cli_run",
+    "eval": "threestudio_dreambooth3d.evaluation.cli_eval",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreambooth3d",
+        description="DreamBooth3D for threestudio: a few photos of a subject + a prompt -> a 3D asset.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("threestudio_dreambooth3d"):
+                continue  # subcommand not part of this install
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        # user-facing problems (bad photos, missing model folder, mismatched run): one clear line
+        print(f"dreambooth3d {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
