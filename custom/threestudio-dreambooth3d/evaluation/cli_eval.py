@@ -1,0 +1,78 @@
+"""``dreambooth3d eval``: CLIP R-precision, CLIP-T, CLIP-I and DINO of a run's rendered views."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from . import DEFAULT_CLIP_MODELS, DEFAULT_DINO_MODEL
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder; the newest stage-3 test frames under it are scored "
+                     "(a folder named *-test wins, then one under a stage3 path, then the newest)")
+    src.add_argument("--views", help="folder or glob of rendered views, e.g. 'outputs/x/save/it10000-test'")
+    p.add_argument("--prompt", required=True, help="the prompt the asset was made for, e.g. 'a sks dog wearing a party hat'")
+    p.add_argument("--subject", default=None, help="folder of the input photos (needed for CLIP-I and DINO)")
+    p.add_argument("--identifier", default="sks",
+                   help="rare token removed from the prompt before CLIP scores it (default %(default)s; '' keeps the prompt as is)")
+    p.add_argument("--distractors", default=None,
+                   help="file with one distractor prompt a line (default: 'a {thing}' for ~50 everyday things, "
+                   "minus any the prompt names)")
+    p.add_argument("--clip-models", nargs="+", default=list(DEFAULT_CLIP_MODELS),
+                   help="CLIP models (hub ids or local folders) for R-precision, CLIP-T and CLIP-I "
+                   f"(default: the paper's ViT-B/16, B/32, L/14: {' '.join(DEFAULT_CLIP_MODELS)})")
+    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL,
+                   help="DINO/DINOv2 ViT (hub id or local folder) for the DINO score (default %(default)s); 'none' skips it")
+    p.add_argument("--out", default=None, help="output folder for eval.json and view_grid.png (default RUN/eval or VIEWS/eval)")
+    p.add_argument("--no-panel-crop", dest="first_panel", action="store_false",
+                   help="score whole images; by default a view W = k*H wide (threestudio's rgb|normal|opacity strip) "
+                   "is cut to its leftmost square")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder batch (default %(default)s)")
+    p.add_argument("--grid-views", type=int, default=24, help="at most this many views in view_grid.png (default %(default)s)")
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="score rendered views: CLIP R-precision, CLIP-T, CLIP-I, DINO",
+        description="Score the rendered views of a DreamBooth3D run as the papers do: CLIP R-precision "
+        "(the true prompt retrieved among distractor prompts, per CLIP model), prompt fidelity CLIP-T, and "
+        "subject fidelity against the input photos, CLIP-I and DINO. Writes eval.json and view_grid.png.",
+    )
+    return add_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace):
+    from .run_eval import EvalConfig
+
+    dino = None if str(args.dino_model).lower() in ("", "none") else args.dino_model
+    return EvalConfig(
+        prompt=args.prompt, views=args.views, run=args.run, subject=args.subject, out=args.out,
+        clip_models=list(args.clip_models), dino_model=dino, distractors_file=args.distractors,
+        identifier=args.identifier, first_panel=args.first_panel, device=args.device,
+        batch_size=args.batch_size, grid_max_views=args.grid_views,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .run_eval import evaluate, format_table
+
+    results = evaluate(config_from_args(args))
+    print(format_table(results))
+    print(f"wrote {results['eval_json']} and {results['grid']}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Stand-alone entry (``python -m threestudio_dreambooth3d.evaluation.cli_eval``)."""
+    from ..cli import main as cli_main
+
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
