@@ -25,3 +25,53 @@ def subject_dir(tmp_path_factory) -> Path:
     from threestudio_dreambooth3d.testing import make_subject_images
 
     return make_subject_images(tmp_path_factory.mktemp("subject") / "red_disc", n=4, size=64)
+
+
+PERSONALISE_KW = dict(
+    class_noun="dog",
+    num_class_images=4,
+    class_inference_steps=3,
+    max_steps=300,
+    checkpoint_steps={"partial": 60, "full": 300},
+    learning_rate=2e-3,
+    lora_rank=8,
+    batch_size=2,
+    prior_loss_weight=0.3,
+    seed=0,
+)
+
+
+@pytest.fixture(scope="session")
+def personalised(tiny_sd_path, subject_dir, tmp_path_factory):
+    """The tiny model DreamBooth-finetuned on the red-disc subject (LoRA, ~10 s on CPU).
+
+    Returns the TrainResult: ``.checkpoints['partial']`` (step 60) and ``['full']`` (step 300).
+    """
+    import torch
+
+    from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, train_dreambooth
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("personalised")
+    cfg = DreamBoothConfig(pretrained_model=str(tiny_sd_path), subject_dir=str(subject_dir), output_dir=str(out), **PERSONALISE_KW)
+    return train_dreambooth(cfg)
+
+
+@pytest.fixture(scope="session")
+def subject_latents(tiny_sd_path, subject_dir):
+    """Scaled VAE latents of the subject photos, [N, 4, 16, 16]: where personalised samples should land."""
+    import torch
+
+    from threestudio_dreambooth3d.sd_models import load_sd_components
+    from threestudio_dreambooth3d.subject import load_subject_images
+
+    comps = load_sd_components(tiny_sd_path)
+    pixels, _ = load_subject_images(subject_dir, comps.resolution)
+    with torch.no_grad():
+        return comps.vae.encode(pixels).latent_dist.mean * comps.vae.config.scaling_factor
+
+
+def distance_to_subject(latents, subject_latents) -> float:
+    """Mean over samples of the MSE to the nearest subject latent."""
+    d = ((latents[:, None] - subject_latents[None]) ** 2).mean(dim=(2, 3, 4))
+    return d.min(dim=1).values.mean().item()

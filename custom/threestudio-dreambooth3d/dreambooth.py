@@ -175,6 +175,7 @@ class DreamBoothTrainer:
             init_meta = checkpoints.read_meta(cfg.init_checkpoint)
             # continuing the same LoRA keeps it trainable; anything else is folded into the base
             checkpoints.apply_checkpoint(comps, cfg.init_checkpoint, merge_lora=not (init_meta["mode"] == cfg.mode == "lora"))
+        torch.manual_seed(cfg.seed)  # LoRA init is random: same seed, same run (and resumable)
         modules = [comps.unet] + ([comps.text_encoder] if cfg.train_text_encoder else [])
         targets = [lora.UNET_TARGETS, lora.TEXT_ENCODER_TARGETS]
         for module, tgt in zip(modules, targets):
