@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -33,8 +33,11 @@ def list_subject_images(folder: Union[str, Path]) -> List[Path]:
     return images
 
 
-def load_image(path: Union[str, Path], resolution: int, min_side: int = MIN_SIDE):
-    """Open one photo: EXIF orientation applied, alpha composited on white, centre crop, resize."""
+def load_image(path: Union[str, Path], resolution: Optional[int], min_side: int = MIN_SIDE):
+    """Open one photo: EXIF orientation applied, alpha composited on white, centre crop, resize.
+
+    ``resolution=None`` keeps the centre square at its native size (evaluation resizes per encoder).
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -61,6 +64,8 @@ def load_image(path: Union[str, Path], resolution: int, min_side: int = MIN_SIDE
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     img = img.crop((left, top, left + side, top + side))
+    if resolution is None:
+        return img
     return img.resize((resolution, resolution), Image.BICUBIC)
 
 

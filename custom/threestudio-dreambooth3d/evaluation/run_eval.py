@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from ..subject import IMAGE_EXTENSIONS, MIN_SIDE, list_subject_images, load_image
+from ..subject import IMAGE_EXTENSIONS, list_subject_images, load_image
 from . import DEFAULT_CLIP_MODELS, DEFAULT_DINO_MODEL
 from .metrics import mean_pairwise_similarity, r_precision, true_prompt_ranks
 
@@ -147,18 +147,8 @@ def load_view(path: Path, first_panel: bool = True):
 def load_subject_photos(folder: Union[str, Path]):
     """The input photos exactly as the DreamBooth trainer reads them (EXIF, alpha on white,
     centre square), kept at their native size so each encoder resizes them its own way."""
-    from PIL import Image
-
     paths = list_subject_images(folder)
-    photos = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                side = min(im.size)
-        except OSError:
-            side = MIN_SIDE  # unreadable: load_image raises the clear error
-        photos.append(load_image(p, resolution=max(side, 1)))
-    return photos, paths
+    return [load_image(p, resolution=None) for p in paths], paths
 
 
 def clip_text_prompt(prompt: str, identifier: str) -> str:
