@@ -1,0 +1,72 @@
+"""Checks before anything slow starts: the photos, the prompt, the configs, the machine."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+from typing import List, Optional
+
+from .context import RunContext
+
+MIN_FREE_BYTES = {"default": 10 << 30, "smoke": 200 << 20}
+
+
+def check_prompt(prompt: str, identifier: str, class_noun: str) -> Optional[str]:
+    """A warning when the prompt does not name the subject the way DreamBooth learnt it."""
+    if not re.search(rf"(?<!\w){re.escape(identifier)}(?!\w)", prompt):
+        return (
+            f"the prompt {prompt!r} does not contain the identifier {identifier!r}. DreamBooth binds your "
+            f"subject to '{identifier} {class_noun}', so without it every stage optimises a generic "
+            f"{class_noun}, not yours. Use e.g. --prompt 'a {identifier} {class_noun} wearing a hat'."
+        )
+    if not re.search(rf"(?<!\w){re.escape(identifier)}\s+{re.escape(class_noun)}", prompt):
+        return (
+            f"the prompt {prompt!r} does not contain '{identifier} {class_noun}' (identifier then class noun), "
+            "the phrase DreamBooth was trained on; the subject may come out weaker."
+        )
+    return None
+
+
+def check_subject(folder: Path) -> List[str]:
+    """Open every photo now (errors name the file and the fix); warnings for an unusual count."""
+    from ..subject import MIN_SIDE, list_subject_images, load_image
+
+    photos = list_subject_images(folder)
+    for p in photos:
+        load_image(p, resolution=MIN_SIDE)
+    if not 3 <= len(photos) <= 6:
+        return [f"{folder} holds {len(photos)} photos; DreamBooth3D is made for 3-6 casual photos of one subject."]
+    return []
+
+
+def check_configs(ctx: RunContext) -> None:
+    missing = [ctx.configs_dir / c for c in ctx.preset.configs.values() if not (ctx.configs_dir / c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
+                                "pass --configs DIR pointing at this project's configs/ folder.")
+
+
+def check_machine(ctx: RunContext) -> List[str]:
+    """Errors for what cannot work; warnings for what may not."""
+    if importlib.util.find_spec("pytorch_lightning") is None:
+        raise RuntimeError(
+            "pytorch_lightning is not importable in this Python: install threestudio's requirements "
+            f"(pip install -r {ctx.threestudio_root}/requirements.txt) into the environment running dreambooth3d."
+        )
+    if not ctx.preset.cpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"preset {ctx.preset.name!r} needs a CUDA GPU and none is visible. To check the set-up on this "
+                "machine, run the same command with --preset smoke (CPU, tiny model, a few minutes)."
+            )
+    warnings = []
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(ctx.out).free
+    need = MIN_FREE_BYTES.get(ctx.preset.name, 0)
+    if free < need:
+        warnings.append(f"only {free / 2**30:.1f} GiB free under {ctx.out}; a {ctx.preset.name} run writes about "
+                        f"{need / 2**30:.1f} GiB (checkpoints, class images, videos).")
+    return warnings

@@ -1,0 +1,107 @@
+"""``dreambooth3d run``: the whole DreamBooth3D pipeline in one command, resumable."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from .context import RunContext, slug
+from .presets import PRESETS, get_preset
+from .steps import STEP_NAMES, step_name
+
+
+def parse_set(items: List[str]) -> Dict[str, List[str]]:
+    """``["stage1:trainer.max_steps=5000", ...]`` -> {"stage1": ["trainer.max_steps=5000"]}."""
+    out: Dict[str, List[str]] = {}
+    for item in items:
+        step, sep, rest = item.partition(":")
+        if not sep or "=" not in rest:
+            raise ValueError(f"--set {item!r}: expected STEP:KEY=VALUE, e.g. stage1:trainer.max_steps=5000")
+        out.setdefault(step_name(step), []).append(rest)
+    return out
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "run",
+        help="the whole pipeline: finetune -> stage 1 -> stage 2 -> multi-view finetune -> stage 3 -> mesh",
+        description="DreamBooth3D end to end. Stages 1-3 and the mesh export run through threestudio's launch.py "
+        "with this project's configs. Rerunning the same command skips finished steps and redoes what an input "
+        "change affects; OUT/summary.html shows the results and the exact commands.",
+    )
+    p.add_argument("--subject", required=True, help="folder with 3-6 photos of the subject")
+    p.add_argument("--class-noun", required=True, help="what the subject is, e.g. dog, backpack, toy")
+    p.add_argument("--prompt", required=True, help="what to make, naming the subject as IDENTIFIER CLASS, "
+                   "e.g. 'a sks dog wearing a hat'")
+    p.add_argument("--identifier", default="sks", help="rare token DreamBooth binds the subject to (default sks)")
+    p.add_argument("--model", default=None, help="base Stable Diffusion, hub id or diffusers folder "
+                   "(default: the preset's; smoke builds a tiny random one)")
+    p.add_argument("--out", default=None, help="output folder (default outputs/dreambooth3d/PROMPT)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="; ".join(f"{n}: {pr.description}" for n, pr in PRESETS.items()) + " (default: default)")
+    p.add_argument("--gpu", default="0", help="GPU index, passed to launch.py --gpu (default 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from", dest="start_from", default=None, metavar="STEP",
+                   help=f"redo this step and all after it ({', '.join(STEP_NAMES)})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP:KEY=VALUE",
+                   help="extra threestudio dotlist override for a stage, e.g. stage1:trainer.max_steps=5000 "
+                   "(repeatable; for finetune steps, extra `dreambooth3d finetune` options: finetune:--lora-rank=8)")
+    p.add_argument("--threestudio", default=None, help="threestudio checkout (default $THREESTUDIO_ROOT or the installed one)")
+    p.add_argument("--configs", default=None, help="folder of this project's threestudio configs (default: the checkout's)")
+    p.add_argument("--dry-run", action="store_true", help="print which steps would run and their commands, run nothing")
+    return p
+
+
+def _warn(msg: str) -> None:
+    print(f"dreambooth3d run: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def build_context(args: argparse.Namespace) -> RunContext:
+    from .commands import locate_configs, locate_threestudio
+
+    preset = get_preset(args.preset)
+    overrides = parse_set(args.overrides)
+    out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
+    model = args.model or preset.model
+    if model is None:
+        from ..testing import save_tiny_sd
+
+        model = str(save_tiny_sd(out.resolve() / "models" / "tiny-sd"))
+    return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
+                      preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
+                      threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
+                      overrides=overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .checks import check_configs, check_machine, check_prompt, check_subject
+    from .commands import prepare_workspace
+    from .runner import Runner, format_elapsed
+
+    if args.start_from:
+        args.start_from = step_name(args.start_from)
+    warning = check_prompt(args.prompt, args.identifier, args.class_noun)
+    for w in ([warning] if warning else []) + check_subject(Path(args.subject)):
+        _warn(w)
+    ctx = build_context(args)
+    check_configs(ctx)
+    runner = Runner(ctx)
+    if args.dry_run:
+        for d in runner.plan(args.start_from):
+            print(f"{d.step.name}: {'run' if d.run else 'skip'} ({d.reason})")
+            cmd = d.step.command(ctx)
+            if d.run and cmd is not None:
+                print("    " + cmd.shell())
+        return 0
+    for w in check_machine(ctx):
+        _warn(w)
+    prepare_workspace(ctx)
+    runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
+                                  "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
+                                  "threestudio": str(ctx.threestudio_root), "argv": sys.argv})
+    t0 = time.monotonic()
+    runner.run(args.start_from)
+    print(f"DreamBooth3D finished in {format_elapsed(time.monotonic() - t0)}: open {ctx.out / 'summary.html'}")
+    return 0

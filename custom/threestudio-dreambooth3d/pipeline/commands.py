@@ -1,0 +1,196 @@
+"""The command lines the pipeline runs: ``dreambooth3d finetune`` and threestudio's launch.py.
+
+Every stage goes through threestudio's own ``launch.py`` with our configs and dotlist
+overrides, so what a threestudio user knows (resume=, trainer.max_steps=, --gpu, the
+trial folder layout) still applies, and the summary can show commands a user can rerun
+by hand. launch.py loads extensions from ``./custom`` and threestudio's assets from
+``./load`` relative to its working folder; we run it in ``OUT/.threestudio``, which
+links both (see :func:`prepare_workspace`), and set ``exp_root_dir``/``name``/``tag``
+with ``use_timestamp=false`` so trial folders land at ``OUT/<step>/run``.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import yaml
+
+from .context import TRIAL_TAG, RunContext
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+EXTENSION_NAME = "threestudio-dreambooth3d"  # the folder name launch.py sees under custom/
+
+# dotlist keys of our configs (docs/THREESTUDIO.md); one place to change them
+KEYS = {
+    "model": "system.guidance.pretrained_model_name_or_path",
+    "checkpoint": "system.guidance.checkpoint",
+    "prompt": "system.prompt_processor.prompt",
+    "pseudo_views_out": "system.pseudo_views_dir",  # stage 2 writes the pseudo-view set here
+    "pseudo_views_in": "data.pseudo_views_dir",  # stage 3 reads it
+    "init_weights": "system.weights",  # stage 3 starts from the stage-1 NeRF
+}
+
+THREESTUDIO_HELP = (
+    "Point at a threestudio checkout (the folder holding launch.py) with --threestudio PATH or "
+    "THREESTUDIO_ROOT=PATH, or install threestudio from a checkout (pip install -e .). "
+    "Get one with: git clone https://github.com/threestudio-project/threestudio && "
+    "pip install -r threestudio/requirements.txt"
+)
+
+
+class ThreestudioNotFoundError(RuntimeError):
+    pass
+
+
+@dataclass
+class Command:
+    argv: List[str]
+    cwd: Path
+    env: Dict[str, str] = field(default_factory=dict)  # added to the caller's environment
+    log_name: str = "command"
+
+    def shell(self) -> str:
+        """The command as one line a user can paste into a shell."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return f"cd {shlex.quote(str(self.cwd))} && " + (env + " " if env else "") + shlex.join(self.argv)
+
+
+def locate_threestudio(explicit: Optional[Union[str, Path]] = None) -> Path:
+    """The threestudio checkout: ``explicit`` (--threestudio), $THREESTUDIO_ROOT, or the installed package."""
+    for source, value in (("--threestudio", explicit), ("THREESTUDIO_ROOT", os.environ.get("THREESTUDIO_ROOT"))):
+        if value:
+            root = Path(value).expanduser().resolve()
+            if not (root / "launch.py").is_file() or not (root / "threestudio" / "__init__.py").is_file():
+                raise ThreestudioNotFoundError(
+                    f"{source}={value} is not a threestudio checkout: it needs launch.py and threestudio/__init__.py. "
+                    + THREESTUDIO_HELP
+                )
+            return root
+    import importlib.util
+
+    spec = importlib.util.find_spec("threestudio")
+    if spec is not None and spec.origin:
+        root = Path(spec.origin).resolve().parents[1]
+        if (root / "launch.py").is_file():
+            return root
+        raise ThreestudioNotFoundError(
+            f"threestudio is installed ({Path(spec.origin).parent}) but without its launch.py. " + THREESTUDIO_HELP
+        )
+    raise ThreestudioNotFoundError("threestudio not found. " + THREESTUDIO_HELP)
+
+
+def locate_configs(explicit: Optional[Union[str, Path]] = None) -> Path:
+    """Our threestudio configs: ``explicit`` or the repository's ``configs/`` next to ``custom/``."""
+    folder = Path(explicit).expanduser().resolve() if explicit else PACKAGE_DIR.parents[1] / "configs"
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"threestudio configs folder {folder} not found. Run from a checkout of threestudio-dreambooth3d "
+            "(pip install -e .) or pass --configs DIR."
+        )
+    return folder
+
+
+def prepare_workspace(ctx: RunContext) -> Path:
+    """``OUT/.threestudio`` with ``custom/threestudio-dreambooth3d`` -> this package and ``load`` -> threestudio's."""
+    ws = ctx.workspace
+    (ws / "custom").mkdir(parents=True, exist_ok=True)
+    links = {ws / "custom" / EXTENSION_NAME: PACKAGE_DIR}
+    if ctx.threestudio_root is not None and (ctx.threestudio_root / "load").is_dir():
+        links[ws / "load"] = ctx.threestudio_root / "load"  # isosurface tets, lights, prompt library
+    for link, target in links.items():
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    return ws
+
+
+def finetune_command(ctx: RunContext, multiview: bool = False) -> Command:
+    """``dreambooth3d finetune``: partial + full from the photos, or the multi-view continuation."""
+    p = ctx.preset
+    argv = [ctx.python, "-m", "threestudio_dreambooth3d.cli", "finetune",
+            "--subject", str(ctx.subject), "--class-noun", ctx.class_noun, "--model", ctx.model,
+            "--identifier", ctx.identifier, "--num-class-images", str(p.num_class_images),
+            "--class-images-dir", str(ctx.class_images_dir), "--seed", str(ctx.seed)]
+    if multiview:
+        argv += ["--out", str(ctx.multiview_dir), "--steps", str(p.multiview_steps),
+                 "--checkpoints", f"multiview={p.multiview_steps}",
+                 "--init-checkpoint", str(ctx.checkpoint("full")),
+                 "--extra-images", str(ctx.pseudo_views_dir / "images")]
+    else:
+        argv += ["--out", str(ctx.finetune_dir), "--steps", str(p.finetune_steps),
+                 "--checkpoints", f"partial={p.partial_step},full={p.finetune_steps}"]
+    argv += ["--device", "cpu"] if p.cpu else []
+    argv += list(p.finetune_args) + list(ctx.overrides.get("multiview_finetune" if multiview else "finetune", []))
+    env = {} if p.cpu or "CUDA_VISIBLE_DEVICES" in os.environ else {"CUDA_VISIBLE_DEVICES": ctx.gpu}
+    return Command(argv, cwd=ctx.out, env=env, log_name="multiview_finetune" if multiview else "finetune")
+
+
+def dot(key: str, value: object) -> str:
+    """``key=value`` for OmegaConf's command line, YAML-quoted when a string would not read back as itself
+    (a prompt with ": " would become a dict, "123" an int)."""
+    text = str(value)
+    if isinstance(value, (str, Path)):
+        try:
+            same = yaml.safe_load(text) == text
+        except yaml.YAMLError:
+            same = False
+        if not same:
+            text = "'" + text.replace("'", "''") + "'"
+    return f"{key}={text}"
+
+
+def _trial(step: str, ctx: RunContext) -> List[str]:
+    return [dot("exp_root_dir", ctx.out), f"name={step}", f"tag={TRIAL_TAG}", "use_timestamp=false", f"seed={ctx.seed}"]
+
+
+def launch_command(ctx: RunContext, step: str) -> Command:
+    """threestudio's launch.py for ``stage1``, ``stage2``, ``stage3`` or ``export``.
+
+    stage 1: --train, SDS with the partial DreamBooth model;
+    stage 2: --test from the stage-1 checkpoint, translating orbit renders with the full model
+             into the pseudo-view set;
+    stage 3: --train, SDS with the multi-view model + reconstruction of the pseudo views,
+             starting from the stage-1 weights;
+    export:  --export from the stage-3 checkpoint with its own parsed config and threestudio's mesh exporter.
+    """
+    assert ctx.threestudio_root is not None and ctx.configs_dir is not None
+    p = ctx.preset
+    model = [dot(KEYS["model"], ctx.model)]
+    prompt = [dot(KEYS["prompt"], ctx.prompt)]
+    if step == "stage1":
+        mode, config = "--train", ctx.configs_dir / p.configs["stage1"]
+        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("partial"))]
+    elif step == "stage2":
+        mode, config = "--test", ctx.configs_dir / p.configs["stage2"]
+        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("full")),
+                                    dot("resume", ctx.last_ckpt("stage1")),
+                                    dot(KEYS["pseudo_views_out"], ctx.pseudo_views_dir)]
+    elif step == "stage3":
+        mode, config = "--train", ctx.configs_dir / p.configs["stage3"]
+        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview")),
+                                    dot(KEYS["pseudo_views_in"], ctx.pseudo_views_dir),
+                                    dot(KEYS["init_weights"], ctx.last_ckpt("stage1"))]
+    elif step == "export":
+        # threestudio's own idiom: the trial's parsed config + resume= its checkpoint
+        mode, config = "--export", ctx.parsed_config("stage3")
+        dotlist = [dot("resume", ctx.last_ckpt("stage3")), "system.exporter_type=mesh-exporter"]
+    else:
+        raise ValueError(f"no launch.py command for step {step!r}")
+    dotlist = _trial(step, ctx) + dotlist + list(p.overrides.get(step, [])) + list(ctx.overrides.get(step, []))
+    launch = str(ctx.threestudio_root / "launch.py")
+    args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
+    if p.cpu:
+        # same launch.py, on the CPU (see threestudio_dreambooth3d.cpu_compat)
+        argv = [ctx.python, "-m", "threestudio_dreambooth3d.cpu_compat",
+                "--threestudio-root", str(ctx.threestudio_root), launch, *args]
+    else:
+        argv = [ctx.python, launch, *args]
+    # launch.py imports threestudio from its own folder; the CPU wrapper needs it on the path too
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ctx.threestudio_root), os.environ.get("PYTHONPATH")]))}
+    return Command(argv, cwd=ctx.workspace, env=env, log_name=step)

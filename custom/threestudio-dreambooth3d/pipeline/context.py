@@ -1,0 +1,115 @@
+"""One pipeline run's options and the layout of its output folder.
+
+::
+
+    OUT/manifest.json               finished steps, their inputs and outputs
+    OUT/summary.html, SUMMARY.md    pictures, videos, mesh links, the exact commands
+    OUT/results/                    turntable videos, pseudo-view contact sheet, mesh/ (OBJ, MTL, texture, GLB)
+    OUT/finetune/checkpoints/{partial,full}        DreamBooth checkpoints
+    OUT/multiview_finetune/checkpoints/multiview   DreamBooth continued on the pseudo views
+    OUT/{stage1,stage2,stage3,export}/run/         threestudio trials (ckpts/, save/, configs/parsed.yaml)
+    OUT/pseudo_views/               the stage-2 pseudo-view set (images/view_XXX.png + .txt captions)
+    OUT/class_images/               prior-preservation images, shared by both finetunes
+    OUT/logs/                       each command's full output
+    OUT/.threestudio/               the working folder launch.py runs in (custom/ and load/ links)
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .presets import Preset
+
+TRIAL_TAG = "run"  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+@dataclass
+class RunContext:
+    out: Path
+    subject: Path
+    class_noun: str
+    prompt: str
+    preset: Preset
+    model: str
+    identifier: str = "sks"
+    gpu: str = "0"
+    seed: int = 0
+    threestudio_root: Optional[Path] = None
+    configs_dir: Optional[Path] = None
+    # user dotlist overrides per step ("stage1" -> ["system.guidance.guidance_scale=50"])
+    overrides: Dict[str, List[str]] = field(default_factory=dict)
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out).resolve()
+        self.subject = Path(self.subject).resolve()
+
+    # -- DreamBooth --------------------------------------------------------------------
+    @property
+    def finetune_dir(self) -> Path:
+        return self.out / "finetune"
+
+    @property
+    def multiview_dir(self) -> Path:
+        return self.out / "multiview_finetune"
+
+    def checkpoint(self, name: str) -> Path:
+        folder = self.multiview_dir if name == "multiview" else self.finetune_dir
+        return folder / "checkpoints" / name
+
+    @property
+    def class_images_dir(self) -> Path:
+        # keyed by what the class images depend on: the trainer reuses whatever the folder holds
+        key = hashlib.sha256(self.model.encode()).hexdigest()[:8]
+        return self.out / "class_images" / f"{slug(self.class_noun)}-{key}"
+
+    @property
+    def instance_prompt(self) -> str:
+        return f"a {self.identifier} {self.class_noun}"
+
+    # -- threestudio -------------------------------------------------------------------
+    @property
+    def workspace(self) -> Path:
+        return self.out / ".threestudio"
+
+    def trial_dir(self, step: str) -> Path:
+        # launch.py: exp_root_dir/name/tag (+timestamp, which we switch off)
+        return self.out / step / TRIAL_TAG
+
+    def last_ckpt(self, step: str) -> Path:
+        return self.trial_dir(step) / "ckpts" / "last.ckpt"
+
+    def save_dir(self, step: str) -> Path:
+        return self.trial_dir(step) / "save"
+
+    def parsed_config(self, step: str) -> Path:
+        return self.trial_dir(step) / "configs" / "parsed.yaml"
+
+    @property
+    def pseudo_views_dir(self) -> Path:
+        return self.out / "pseudo_views"
+
+    # -- browsing ----------------------------------------------------------------------
+    @property
+    def results_dir(self) -> Path:
+        return self.out / "results"
+
+    @property
+    def mesh_dir(self) -> Path:
+        return self.results_dir / "mesh"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.out / "logs"
+
+    def rel(self, path: Path) -> str:
+        """A path inside the output folder as the manifest and summary store it."""
+        return Path(path).resolve().relative_to(self.out).as_posix()

@@ -1,0 +1,81 @@
+"""Named settings for ``dreambooth3d run --preset``: the real run and the CPU smoke run.
+
+``default`` is the paper-scale run on a GPU with DESIGN.md's starting defaults (DreamBooth
+800 steps with the "partial" checkpoint at 200, 10k SDS steps per NeRF stage). Stage
+hyperparameters live in the threestudio configs, as a threestudio user expects; a preset
+only picks the configs and adds dotlist overrides.
+
+``smoke`` runs every stage on a CPU in a few minutes with the tiny random SD from
+``threestudio_dreambooth3d.testing`` and the CPU configs: a set-up check before spending
+GPU hours, and what the end-to-end test runs. Its pictures are noise by design.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    # base model; None = build the tiny random SD into OUT/models/tiny-sd
+    model: Optional[str]
+    # threestudio on the CPU through cpu_compat (never silently on a GPU run)
+    cpu: bool
+    # DreamBooth: steps, the step of the early "partial" checkpoint, the multi-view continuation
+    finetune_steps: int
+    partial_step: int
+    multiview_steps: int
+    num_class_images: int
+    finetune_args: List[str] = field(default_factory=list)  # extra `dreambooth3d finetune` options
+    # threestudio config file (under configs/) per stage, and dotlist overrides per step
+    configs: Dict[str, str] = field(default_factory=dict)
+    overrides: Dict[str, List[str]] = field(default_factory=dict)
+
+
+STAGE_CONFIGS = {
+    "stage1": "dreambooth3d-stage1.yaml",
+    "stage2": "dreambooth3d-stage2.yaml",
+    "stage3": "dreambooth3d-stage3.yaml",
+}
+
+PRESETS: Dict[str, Preset] = {
+    "default": Preset(
+        name="default",
+        description="the real run on a GPU (hours): Stable Diffusion, paper-scale step counts",
+        model=DEFAULT_MODEL,
+        cpu=False,
+        finetune_steps=800,
+        partial_step=200,
+        # continues from the full model, so fewer steps than the first run; to tune on a GPU
+        multiview_steps=400,
+        num_class_images=200,
+        configs=dict(STAGE_CONFIGS),
+    ),
+    "smoke": Preset(
+        name="smoke",
+        description="every stage on the CPU in minutes with a tiny random model (checks the set-up, not the quality)",
+        model=None,
+        cpu=True,
+        finetune_steps=4,
+        partial_step=2,
+        multiview_steps=2,
+        num_class_images=2,
+        finetune_args=[],
+        configs=dict(STAGE_CONFIGS),
+        overrides={
+            "stage1": ["trainer.max_steps=2"],
+            "stage3": ["trainer.max_steps=2"],
+        },
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,201 @@
+"""Run the steps in order, skipping what the manifest says is done with the same inputs.
+
+A step runs when: it never ran; it was interrupted or failed; ``--from`` names it or
+an earlier step; an upstream step is being redone; its inputs changed; or one of its
+recorded outputs is gone. Before a step runs, what it writes is removed (a clean
+restart), except that a *resumable* step interrupted with unchanged inputs continues
+from its own saved state (the DreamBooth trainer checks that state belongs to the run).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .commands import Command
+from .context import RunContext
+from .manifest import DONE, FAILED, RUNNING, DiskFullError, Manifest, fingerprint, raise_if_disk_full
+from .steps import STEPS, Step, step_name
+
+Executor = Callable[[Command, Path], None]
+_DISK_FULL = re.compile(r"No space left on device|ENOSPC|not enough free disk space", re.I)
+
+
+class StepFailedError(RuntimeError):
+    pass
+
+
+@dataclass
+class Decision:
+    step: Step
+    run: bool
+    reason: str
+    resume: bool = False  # continue from the step's own saved state instead of wiping it
+
+
+def format_elapsed(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def execute(cmd: Command, log_path: Path) -> None:
+    """Run ``cmd``, streaming its output (progress bars included) to the terminal and to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **cmd.env, "PYTHONUNBUFFERED": "1"}
+    tail: deque = deque(maxlen=64)
+    out = getattr(sys.stdout, "buffer", None)
+    with open(log_path, "wb") as log:
+        log.write(("$ " + cmd.shell() + "\n").encode())
+        proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            # raw chunks, not lines: tqdm and Lightning redraw their bars with \r
+            for chunk in iter(lambda: os.read(proc.stdout.fileno(), 1 << 14), b""):
+                log.write(chunk)
+                tail.append(chunk)
+                if out is not None:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    sys.stdout.write(chunk.decode(errors="replace"))
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+    if code != 0:
+        text = b"".join(tail).decode(errors="replace").replace("\r", "\n")
+        lines = [line for line in text.splitlines() if line.strip()][-15:]
+        if _DISK_FULL.search(text):
+            raise DiskFullError(f"No space left on the disk while running {cmd.log_name} (see {log_path}). "
+                                "Free some space and rerun the same command: finished steps are kept.")
+        raise StepFailedError(
+            f"{cmd.log_name} failed (exit code {code}). Last lines:\n    " + "\n    ".join(lines)
+            + f"\nFull log: {log_path}. Fix the cause and rerun the same command: finished steps are kept."
+        )
+
+
+class Runner:
+    def __init__(self, ctx: RunContext, steps: Sequence[Step] = STEPS, executor: Executor = execute):
+        self.ctx = ctx
+        self.steps = list(steps)
+        self.executor = executor
+        self.manifest = Manifest(ctx.out)
+
+    # -- deciding ----------------------------------------------------------------------
+    def inputs(self, step: Step) -> Dict:
+        upstream = {}
+        for name in step.upstream:
+            rec = self.manifest.get(name)
+            upstream[name] = rec.output_id if rec is not None and rec.status == DONE else None
+        return {**step.inputs(self.ctx), "upstream": upstream}
+
+    def plan(self, start_from: Optional[str] = None) -> List[Decision]:
+        names = [s.name for s in self.steps]
+        forced_from = names.index(step_name(start_from)) if start_from else len(names)
+        redo: set = set()
+        decisions = []
+        for i, step in enumerate(self.steps):
+            rec = self.manifest.get(step.name)
+            d = self._decide(step, rec, i >= forced_from, start_from, redo)
+            if d.run:
+                redo.add(step.name)
+            decisions.append(d)
+        return decisions
+
+    def _decide(self, step, rec, forced, start_from, redo) -> Decision:
+        if forced:
+            return Decision(step, True, f"forced by --from {start_from}")
+        if rec is None:
+            return Decision(step, True, "not run yet")
+        changed = [u for u in step.upstream if u in redo]
+        if changed:
+            return Decision(step, True, f"{', '.join(changed)} is being redone")
+        inputs = self.inputs(step)
+        same = fingerprint(inputs) == rec.fingerprint
+        if rec.status == RUNNING:
+            if same and step.resumable:
+                return Decision(step, True, "interrupted last time; resuming", resume=True)
+            return Decision(step, True, "interrupted last time; restarting cleanly")
+        if rec.status == FAILED:
+            return Decision(step, True, "failed last time")
+        if not same:
+            return Decision(step, True, "inputs changed: " + ", ".join(_diff(rec.inputs, inputs)))
+        missing = [p for p in rec.outputs.values() if not (self.ctx.out / p).exists()]
+        if missing:
+            return Decision(step, True, f"output missing: {missing[0]}")
+        return Decision(step, False, "done, inputs unchanged")
+
+    # -- doing -------------------------------------------------------------------------
+    def run(self, start_from: Optional[str] = None) -> Manifest:
+        decisions = self.plan(start_from)
+        total = len(decisions)
+        for i, d in enumerate(decisions, 1):
+            head = f"[{i}/{total}] {d.step.name}"
+            if not d.run:
+                print(f"{head}: skipped ({d.reason})", flush=True)
+                continue
+            print(f"{head}: {d.step.title} ({d.reason})", flush=True)
+            elapsed = self._run_step(d)
+            print(f"{head}: done in {format_elapsed(elapsed)}", flush=True)
+        return self.manifest
+
+    def _run_step(self, d: Decision) -> float:
+        step, ctx = d.step, self.ctx
+        if not d.resume:
+            for path in step.work_paths(ctx):
+                _remove(path)
+        self.manifest.start(step.name, self.inputs(step))
+        commands: List[str] = []
+
+        def run_command(cmd: Command) -> None:
+            commands.append(cmd.shell())
+            self.executor(cmd, ctx.logs_dir / f"{cmd.log_name}.log")
+
+        t0 = time.monotonic()
+        try:
+            outputs = step.run(ctx, run_command)
+        except KeyboardInterrupt:
+            raise  # the record stays "running": the next run sees an interrupted step
+        except Exception as e:
+            self.manifest.fail(step.name, str(e), commands, time.monotonic() - t0)
+            raise
+        elapsed = time.monotonic() - t0
+        self.manifest.finish(step.name, {k: ctx.rel(v) for k, v in outputs.items()}, commands, elapsed)
+        return elapsed
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+    except OSError as e:
+        raise_if_disk_full(e, path)
+        raise
+
+
+def _diff(old: Dict, new: Dict) -> List[str]:
+    """Which inputs differ, named for a person ("command", "subject_sha256", "upstream stage1")."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "upstream" and isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
+            keys += [f"upstream {u}" for u in sorted(set(old[k]) | set(new[k])) if old[k].get(u) != new[k].get(u)]
+        elif k == "subject_sha256":
+            keys.append("subject photos")
+        elif k == "command":
+            keys.append("options")
+        else:
+            keys.append(k)
+    return keys or ["format"]

@@ -1,0 +1,229 @@
+"""The pipeline's steps, in order, each saying what it depends on, runs and produces.
+
+A step's ``inputs`` (what the manifest fingerprints) are the command it would run, with
+the output folder and threestudio's location written as ``$OUT``/``$THREESTUDIO`` so a
+moved folder is not "changed", plus hashes of the files the command reads that its text
+does not pin down (subject photos, config files). The runner adds the ``output_id`` of
+every upstream step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .artifacts import contact_sheet, copy_into, latest, mesh_files, obj_to_glb
+from .commands import Command, finetune_command, launch_command
+from .context import RunContext
+from .manifest import sha256_files
+
+RunCommand = Callable[[Command], None]
+
+
+def _normalised(cmd: Command, ctx: RunContext) -> List[str]:
+    subs = [(str(ctx.out), "$OUT")]
+    if ctx.threestudio_root is not None:
+        subs.append((str(ctx.threestudio_root), "$THREESTUDIO"))
+    out = []
+    for arg in cmd.argv[1:]:  # argv[0] is the interpreter: a new venv is not a new input
+        for old, new in subs:
+            arg = arg.replace(old, new)
+        out.append(arg)
+    return out
+
+
+def _file_hash(path: Path) -> str:
+    return sha256_files([path]) if Path(path).is_file() else "missing"
+
+
+def subject_photos(ctx: RunContext) -> List[Path]:
+    from ..subject import list_subject_images
+
+    return list_subject_images(ctx.subject)
+
+
+def _subject_inputs(ctx: RunContext) -> Dict[str, Any]:
+    photos = subject_photos(ctx)
+    return {"subject_sha256": sha256_files(photos), "subject_files": [p.name for p in photos]}
+
+
+class Step:
+    name: str = ""
+    title: str = ""
+    upstream: Tuple[str, ...] = ()
+    # an interrupted run may continue from its own saved state instead of starting over
+    resumable: bool = False
+    needs_threestudio: bool = False
+
+    def command(self, ctx: RunContext) -> Optional[Command]:
+        return None
+
+    def inputs(self, ctx: RunContext) -> Dict[str, Any]:
+        cmd = self.command(ctx)
+        return {"command": _normalised(cmd, ctx)} if cmd is not None else {}
+
+    def work_paths(self, ctx: RunContext) -> List[Path]:
+        """Everything the step writes; removed before a clean (re)start."""
+        return []
+
+    def run(self, ctx: RunContext, run_command: RunCommand) -> Dict[str, Path]:
+        """Produce the outputs; returns them by label (each must exist afterwards)."""
+        cmd = self.command(ctx)
+        run_command(cmd)
+        return self.collect(ctx)
+
+    def collect(self, ctx: RunContext) -> Dict[str, Path]:
+        return {}
+
+
+def _expect(path: Path, what: str, step: str, ctx: RunContext) -> Path:
+    if not Path(path).exists():
+        raise RuntimeError(f"{step} finished but wrote no {what} at {path}; see {ctx.logs_dir / (step + '.log')}.")
+    return Path(path)
+
+
+class Finetune(Step):
+    name, title = "finetune", "DreamBooth finetune on the photos (partial + full checkpoints)"
+    resumable = True  # the trainer resumes its own state, after checking it belongs to these inputs
+
+    def command(self, ctx):
+        return finetune_command(ctx)
+
+    def inputs(self, ctx):
+        return {**super().inputs(ctx), **_subject_inputs(ctx)}
+
+    def work_paths(self, ctx):
+        return [ctx.finetune_dir]
+
+    def collect(self, ctx):
+        return {name: _expect(ctx.checkpoint(name) / "dreambooth.json", f"{name} checkpoint", self.name, ctx).parent
+                for name in ("partial", "full")}
+
+
+class ThreestudioStage(Step):
+    needs_threestudio = True
+    video_name: Optional[str] = None  # copy the trial's turntable video to results/ under this name
+
+    def command(self, ctx):
+        return launch_command(ctx, self.name)
+
+    def inputs(self, ctx):
+        cmd = self.command(ctx)
+        config = Path(cmd.argv[cmd.argv.index("--config") + 1])
+        return {**super().inputs(ctx), "config_sha256": _file_hash(config)}
+
+    def work_paths(self, ctx):
+        paths = [ctx.trial_dir(self.name)]
+        return paths + ([ctx.results_dir / self.video_name] if self.video_name else [])
+
+    def _video(self, ctx) -> Dict[str, Path]:
+        video = latest(ctx.save_dir(self.name), "test.mp4")
+        if video is None or self.video_name is None:
+            return {}
+        return {"turntable": copy_into(video, ctx.results_dir / self.video_name)}
+
+
+class NerfStage(ThreestudioStage):
+    """A ``--train`` stage: a NeRF checkpoint, its parsed config and a turntable video."""
+
+    def collect(self, ctx):
+        return {"checkpoint": _expect(ctx.last_ckpt(self.name), "checkpoint", self.name, ctx),
+                "config": _expect(ctx.parsed_config(self.name), "parsed config", self.name, ctx),
+                **self._video(ctx)}
+
+
+class Stage1(NerfStage):
+    name, title = "stage1", "stage 1: DreamFusion with the partial DreamBooth model"
+    upstream = ("finetune",)
+    video_name = "stage1_turntable.mp4"
+
+
+class Stage2(ThreestudioStage):
+    name, title = "stage2", "stage 2: pseudo multi-view images (stage-1 renders translated by the full model)"
+    upstream = ("finetune", "stage1")
+    video_name = "stage2_turntable.mp4"
+
+    def work_paths(self, ctx):
+        return super().work_paths(ctx) + [ctx.pseudo_views_dir, ctx.results_dir / "pseudo_views.png"]
+
+    def collect(self, ctx):
+        from ..subject import read_captioned_folder
+
+        images = _expect(ctx.pseudo_views_dir / "images", "pseudo-view set", self.name, ctx)
+        views = read_captioned_folder(images)
+        sheet = contact_sheet(views, ctx.results_dir / "pseudo_views.png")
+        return {"pseudo_views": ctx.pseudo_views_dir, "contact_sheet": sheet, **self._video(ctx)}
+
+
+class MultiviewFinetune(Step):
+    name, title = "multiview_finetune", "multi-view DreamBooth: continue the full model on photos + pseudo views"
+    upstream = ("finetune", "stage2")
+    resumable = True
+
+    def command(self, ctx):
+        return finetune_command(ctx, multiview=True)
+
+    def inputs(self, ctx):
+        return {**super().inputs(ctx), **_subject_inputs(ctx)}
+
+    def work_paths(self, ctx):
+        return [ctx.multiview_dir]
+
+    def collect(self, ctx):
+        ckpt = ctx.checkpoint("multiview")
+        return {"multiview": _expect(ckpt / "dreambooth.json", "multiview checkpoint", self.name, ctx).parent}
+
+
+class Stage3(NerfStage):
+    name, title = "stage3", "stage 3: SDS with the multi-view model + pseudo-view reconstruction"
+    upstream = ("stage1", "stage2", "multiview_finetune")
+    video_name = "stage3_turntable.mp4"
+
+
+class Export(ThreestudioStage):
+    name, title = "export", "textured mesh export (threestudio mesh-exporter) + GLB"
+    upstream = ("stage3",)
+
+    def work_paths(self, ctx):
+        return [ctx.trial_dir(self.name), ctx.mesh_dir]
+
+    def collect(self, ctx):
+        export_dir = latest(ctx.save_dir(self.name), "export")
+        if export_dir is None:
+            raise RuntimeError(f"export finished but wrote no it*-export folder under {ctx.save_dir(self.name)}; "
+                               f"see {ctx.logs_dir / 'export.log'}.")
+        files = {p.name: copy_into(p, ctx.mesh_dir / p.name) for p in mesh_files(export_dir)}
+        obj = next((p for n, p in files.items() if n.endswith(".obj")), None)
+        if obj is None:
+            raise RuntimeError(f"no OBJ in {export_dir}; see {ctx.logs_dir / 'export.log'}.")
+        glb = obj.with_suffix(".glb")
+        obj_to_glb(obj, glb)
+        return {**{f"mesh:{n}": p for n, p in files.items()}, "glb": glb}
+
+
+class Summary(Step):
+    name, title = "summary", "summary page"
+    upstream = ("finetune", "stage1", "stage2", "multiview_finetune", "stage3", "export")
+
+    def inputs(self, ctx):
+        return {"prompt": ctx.prompt}
+
+    def work_paths(self, ctx):
+        return [ctx.out / "summary.html", ctx.out / "SUMMARY.md", ctx.results_dir / "subject"]
+
+    def run(self, ctx, run_command):
+        from .manifest import Manifest
+        from .summary import write_summary
+
+        return write_summary(ctx, Manifest(ctx.out), subject_photos(ctx))
+
+
+STEPS: List[Step] = [Finetune(), Stage1(), Stage2(), MultiviewFinetune(), Stage3(), Export(), Summary()]
+STEP_NAMES = [s.name for s in STEPS]
+ALIASES = {"multiview": "multiview_finetune", "mesh": "export"}
+
+
+def step_name(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in STEP_NAMES:
+        raise ValueError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)}")
+    return name
