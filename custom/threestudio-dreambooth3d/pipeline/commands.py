@@ -24,10 +24,11 @@ from .context import TRIAL_TAG, RunContext
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 EXTENSION_NAME = "threestudio-dreambooth3d"  # the folder name launch.py sees under custom/
 
-# dotlist keys of our configs (docs/THREESTUDIO.md); one place to change them
+# dotlist keys of our configs (see their headers); one place to change them. The prompt
+# processor interpolates its model and checkpoint from system.guidance.
 KEYS = {
     "model": "system.guidance.pretrained_model_name_or_path",
-    "checkpoint": "system.guidance.checkpoint",
+    "checkpoint": "system.guidance.checkpoint",  # a checkpoint folder (holding dreambooth.json)
     "prompt": "system.prompt_processor.prompt",
     "pseudo_views_out": "system.pseudo_views_dir",  # stage 2 writes the pseudo-view set here
     "pseudo_views_in": "data.pseudo_views_dir",  # stage 3 reads it
@@ -187,7 +188,7 @@ def launch_command(ctx: RunContext, step: str) -> Command:
     args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
     if p.cpu:
         # same launch.py, on the CPU (see threestudio_dreambooth3d.cpu_compat)
-        argv = [ctx.python, "-m", "threestudio_dreambooth3d.cpu_compat",
+        argv = [ctx.python, "-m", "threestudio_dreambooth3d.pipeline.cpu_launch",
                 "--threestudio-root", str(ctx.threestudio_root), launch, *args]
     else:
         argv = [ctx.python, launch, *args]

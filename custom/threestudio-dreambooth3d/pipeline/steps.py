@@ -140,7 +140,6 @@ class Stage1(NerfStage):
 class Stage2(ThreestudioStage):
     name, title = "stage2", "stage 2: pseudo multi-view images (stage-1 renders translated by the full model)"
     upstream = ("finetune", "stage1")
-    video_name = "stage2_turntable.mp4"
 
     def work_paths(self, ctx):
         return super().work_paths(ctx) + [ctx.pseudo_views_dir, ctx.results_dir / "pseudo_views.png"]

@@ -28,7 +28,7 @@ def _sections(ctx: RunContext, manifest: Manifest) -> Dict[str, List[str]]:
         return (ctx.out / rel).exists()
 
     results = ctx.rel(ctx.results_dir)
-    videos = [f"{results}/{s}_turntable.mp4" for s in ("stage1", "stage2", "stage3")]
+    videos = sorted(ctx.rel(p) for p in ctx.results_dir.glob("*_turntable.mp4"))
     mesh = sorted(ctx.rel(p) for p in ctx.mesh_dir.glob("*")) if ctx.mesh_dir.is_dir() else []
     checkpoints = [ctx.rel(p) for p in (ctx.checkpoint("partial"), ctx.checkpoint("full"), ctx.checkpoint("multiview"),
                                         ctx.last_ckpt("stage1"), ctx.last_ckpt("stage3"))]
