@@ -120,21 +120,96 @@ def save_tiny_sd(folder: Union[str, Path], seed: int = 0, **kwargs) -> Path:
 
     Reuses an existing folder so repeated calls (tests, smoke runs) cost nothing.
     """
-    from diffusers import StableDiffusionPipeline
-
     folder = Path(folder)
     if (folder / "model_index.json").exists():
         return folder
-    pipe = StableDiffusionPipeline(
-        **get_dummy_components(seed=seed, **kwargs),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _save_pipeline(get_dummy_components(seed=seed, **kwargs), folder)
+
+
+def _save_pipeline(components: Dict[str, object], folder: Path) -> Path:
+    # written next to the target and renamed, so an interrupted save never looks complete
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     tmp = folder.with_name(folder.name + ".tmp")
     pipe.save_pretrained(tmp, safe_serialization=True)
     tmp.rename(folder)
     return folder
+
+
+def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
+    """Stable Diffusion 2.1-base shapes with random weights, saved like :func:`save_tiny_sd`.
+
+    Same configs as ``stabilityai/stable-diffusion-2-1-base`` (UNet, VAE, OpenCLIP-H
+    text encoder, epsilon prediction at 512 px) so benchmarks measure real time and
+    memory without downloading weights. Only the tokenizer is the tiny one: token ids
+    stay below SD's 49408-entry vocabulary, so the embedding table keeps its real size.
+    About 5 GB on disk (fp32); an existing folder is reused.
+    """
+    import tempfile
+
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if (folder / "model_index.json").exists():
+        return folder
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp), model_max_length=77)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=23,
+            hidden_act="gelu",
+            projection_dim=512,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    return _save_pipeline(components, folder)
 
 
 def make_subject_images(folder: Union[str, Path], n: int = 4, size: int = 64,
