@@ -1,0 +1,219 @@
+"""Run threestudio on a machine without a GPU: for tests and the CPU smoke preset only.
+
+Why this exists: threestudio is written for CUDA, and four things stop it on a CPU even
+when a config only uses pure-torch networks:
+
+1. it imports CUDA-only extensions at import time (``tinycudann`` in utils/misc.py,
+   ``nvdiffrast`` in utils/rasterize.py, ``envlight`` in the PBR material);
+2. ``threestudio.utils.misc.get_device()`` answers ``cuda:RANK`` and ``cleanup()``
+   calls ``tinycudann.free_temporary_memory``; both are imported *by name* into many
+   modules, so patching ``misc`` alone is not enough;
+3. nerfacc's packed ops behind every volume renderer have only CUDA kernels;
+4. ``launch.py`` builds its ``Trainer`` with ``accelerator="gpu"``.
+
+:func:`enable_cpu_mode` handles all four, in that order, and must be called *before*
+threestudio is imported. It is never called implicitly: a GPU run goes through
+threestudio untouched. Stand-in modules are installed only when the real module is
+not importable, and every attribute a config would actually need from them raises an
+error that says so. ``python -m threestudio_dreambooth3d.cpu_compat launch.py ARGS``
+runs threestudio's launch.py in CPU mode (what the smoke preset calls).
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import types
+from pathlib import Path
+from typing import List, Optional, Union
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CUDA_ONLY_MODULES = ("tinycudann", "nvdiffrast", "nvdiffrast.torch", "envlight")
+_ENABLED = False
+
+
+class _StandIn(types.ModuleType):
+    """A module that imports fine and explains itself when anything real is asked of it."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{self.__name__}.{name} is not available: {self.__name__} is not installed and "
+            "threestudio_dreambooth3d.cpu_compat put a stand-in in its place so threestudio can "
+            "be imported on a CPU. Use a CPU config (pure-torch encodings such as "
+            "ProgressiveBandFrequency with VanillaMLP, the nerf-volume-renderer) or install "
+            f"{self.__name__.split('.')[0]} on a CUDA machine."
+        )
+
+
+class _MissingRasterizerContext:
+    def __init__(self, *args, **kwargs) -> None:
+        raise RuntimeError(
+            "nvdiffrast is not installed (cpu_compat stand-in): threestudio's mesh rasterisation needs it. "
+            "On a CPU, threestudio_dreambooth3d.nvdiffrast_cpu.install() provides the ops the mesh exporter uses."
+        )
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # a broken CUDA build fails with OSError/RuntimeError as well
+        return False
+
+
+def install_stand_ins() -> List[str]:
+    """Put stand-ins for the CUDA-only extensions that cannot be imported; returns their names."""
+    installed = []
+    for name in CUDA_ONLY_MODULES:
+        if name in sys.modules or _importable(name):
+            continue
+        module = _StandIn(name)
+        module.__path__ = []  # lets ``import nvdiffrast.torch`` resolve the child
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, module)
+        installed.append(name)
+    if "tinycudann" in installed:
+        # threestudio's cleanup() calls it after every guidance load
+        sys.modules["tinycudann"].free_temporary_memory = lambda: None
+    if "nvdiffrast.torch" in installed:
+        # named in type annotations of threestudio.utils.rasterize at import time
+        dr = sys.modules["nvdiffrast.torch"]
+        dr.RasterizeGLContext = dr.RasterizeCudaContext = _MissingRasterizerContext
+    return installed
+
+
+def cpu_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def cpu_cleanup() -> None:
+    gc.collect()
+
+
+def patch_threestudio_device() -> int:
+    """Point ``get_device``/``cleanup`` at the CPU in every loaded threestudio module.
+
+    Returns how many module attributes were replaced. Modules imported later see the
+    patched ``threestudio.utils.misc`` functions.
+    """
+    misc = importlib.import_module("threestudio.utils.misc")
+    originals = {"get_device": misc.get_device, "cleanup": misc.cleanup}
+    replacements = {"get_device": cpu_device, "cleanup": cpu_cleanup}
+    count = 0
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or not mod_name.startswith("threestudio"):
+            continue
+        for attr, original in originals.items():
+            if getattr(module, attr, None) is original:
+                setattr(module, attr, replacements[attr])
+                count += 1
+    return count
+
+
+def patch_lightning_trainer() -> None:
+    """launch.py asks for ``accelerator="gpu"``; on a CPU-only machine make that the CPU.
+
+    Mixed fp16 precision, which GPU configs ask for, does not exist on a CPU: use fp32.
+    """
+    import pytorch_lightning as pl
+
+    if getattr(pl.Trainer, "_cpu_compat", False):
+        return
+    base = pl.Trainer
+
+    class CPUTrainer(base):  # type: ignore[misc, valid-type]
+        _cpu_compat = True
+
+        def __init__(self, *args, **kwargs):
+            if kwargs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+                kwargs["accelerator"], kwargs["devices"] = "cpu", 1
+                if str(kwargs.get("precision", "32")).startswith("16"):
+                    kwargs["precision"] = "32-true"
+            super().__init__(*args, **kwargs)
+
+    CPUTrainer.__name__ = CPUTrainer.__qualname__ = "Trainer"
+    pl.Trainer = CPUTrainer
+
+
+def find_threestudio_root(root: Optional[Union[str, Path]] = None) -> Optional[Path]:
+    """The folder holding threestudio's ``launch.py``: ``root``, $THREESTUDIO_ROOT or the installed package's parent."""
+    candidates = [root, os.environ.get("THREESTUDIO_ROOT")]
+    spec = importlib.util.find_spec("threestudio") if root is None else None
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).resolve().parents[1])
+    for c in candidates:
+        if c and (Path(c) / "threestudio" / "__init__.py").is_file():
+            return Path(c).resolve()
+    return None
+
+
+def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None:
+    """Make threestudio importable and runnable on the CPU, import it, register our adapters.
+
+    ``threestudio_root`` (or $THREESTUDIO_ROOT) is put on ``sys.path`` when threestudio
+    is not an installed package. Raises ImportError if threestudio cannot be found.
+    """
+    global _ENABLED
+    if _ENABLED:
+        return
+    if "threestudio" in sys.modules:
+        raise RuntimeError("enable_cpu_mode() must run before threestudio is imported")
+    if torch.cuda.is_available():
+        log.warning("enable_cpu_mode() on a machine with a GPU: threestudio will run on the CPU")
+    root = find_threestudio_root(threestudio_root)
+    if root is None:
+        raise ImportError(
+            "threestudio not found: pip install it or set THREESTUDIO_ROOT to a threestudio checkout "
+            "(the folder with launch.py)."
+        )
+    if str(root) not in sys.path and importlib.util.find_spec("threestudio") is None:
+        sys.path.insert(0, str(root))
+    stand_ins = install_stand_ins()
+    from . import nerfacc_cpu
+
+    nerfacc_cpu.install()
+    patch_lightning_trainer()
+    importlib.import_module("threestudio")
+    patch_threestudio_device()
+    _ENABLED = True
+    log.info("threestudio CPU mode (stand-ins for %s)", ", ".join(stand_ins) or "nothing")
+    from .threestudio_ext import register
+
+    register()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """``python -m threestudio_dreambooth3d.cpu_compat [--threestudio-root DIR] launch.py ARGS``.
+
+    Runs threestudio's launch.py in CPU mode from the current folder (launch.py loads
+    ``./custom``, so run it from this project's root). A bare ``launch.py`` is looked up
+    in the threestudio root.
+    """
+    import runpy
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    root = None
+    if argv[:1] == ["--threestudio-root"]:
+        root, argv = argv[1], argv[2:]
+    if not argv or not argv[0].endswith(".py"):
+        raise SystemExit("usage: python -m threestudio_dreambooth3d.cpu_compat [--threestudio-root DIR] launch.py ARGS...")
+    enable_cpu_mode(root)
+    script = Path(argv[0])
+    if not script.is_file():
+        script = find_threestudio_root(root) / script.name
+    sys.argv = [str(script)] + argv[1:]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

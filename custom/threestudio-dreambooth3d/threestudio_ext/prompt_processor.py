@@ -1,0 +1,88 @@
+"""``dreambooth-prompt-processor``: threestudio's SD prompt processor, embedding with the
+text encoder of a DreamBooth checkpoint.
+
+threestudio's ``stable-diffusion-prompt-processor`` loads the text encoder of the base
+model and caches embeddings under a hash of the *base model name*. A checkpoint
+trained with ``train_text_encoder`` has its own text encoder, so both would be wrong:
+this processor loads base + checkpoint through :func:`sd_models.load_sd_components`
+and keys its cache on the checkpoint's text-encoder weights. When the checkpoint kept
+the base text encoder, the embeddings (and cache entries) equal the stock processor's.
+Everything else (view-dependent prompts, negative prompts, perp-neg fields) is
+threestudio's own ``PromptProcessor``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+import threestudio
+from threestudio.models.prompt_processors.base import PromptProcessor, hash_prompt
+from threestudio.utils.misc import cleanup
+
+from ..checkpoints import read_meta
+from .guidance import resolve_checkpoint
+
+
+def text_encoder_key(model: str, checkpoint: Optional[Path]) -> str:
+    """What identifies the text encoder: the base model, plus the checkpoint's weights if it trained one."""
+    if checkpoint is None or not read_meta(checkpoint).get("text_encoder_trained"):
+        return model
+    weights = Path(checkpoint) / "text_encoder.safetensors"
+    stat = weights.stat()
+    digest = hashlib.sha256(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"{model}+dreambooth-text-encoder-{digest}"
+
+
+@torch.no_grad()
+def embed_prompts(model: str, checkpoint: Optional[Path], prompts: List[str], device) -> torch.Tensor:
+    """CLIP hidden states [N, 77, D] from the checkpoint's (or the base's) text encoder."""
+    from ..sd_models import load_sd_components
+
+    comps = load_sd_components(model, checkpoint=checkpoint)
+    comps.text_encoder.to(device).eval()
+    return comps.encode_prompts(prompts, device=device)
+
+
+@threestudio.register("dreambooth-prompt-processor")
+class DreamBoothPromptProcessor(PromptProcessor):
+    @dataclass
+    class Config(PromptProcessor.Config):
+        # as in dreambooth-sds-guidance; the configs interpolate them from system.guidance
+        checkpoint: Optional[str] = None
+        checkpoint_name: Optional[str] = None
+        spawn: bool = False  # embeddings are computed in-process (see prepare_text_embeddings)
+
+    cfg: Config
+
+    def configure(self) -> None:
+        self.checkpoint_path = resolve_checkpoint(self.cfg.checkpoint, self.cfg.checkpoint_name)
+        self._encoder_key = text_encoder_key(self.cfg.pretrained_model_name_or_path, self.checkpoint_path)
+        super().configure()
+
+    def _cache_path(self, prompt: str) -> str:
+        return os.path.join(self._cache_dir, f"{hash_prompt(self._encoder_key, prompt)}.pt")
+
+    @rank_zero_only
+    def prepare_text_embeddings(self) -> None:
+        # threestudio spawns a process keyed on the base model name; we embed in-process
+        # (the encoder is freed right after) under a key that includes the checkpoint.
+        os.makedirs(self._cache_dir, exist_ok=True)
+        prompts = [self.prompt, self.negative_prompt, *self.prompts_vd, *self.negative_prompts_vd]
+        todo = list(dict.fromkeys(p for p in prompts if not (self.cfg.use_cache and os.path.exists(self._cache_path(p)))))
+        if todo:
+            embeddings = embed_prompts(self.cfg.pretrained_model_name_or_path, self.checkpoint_path, todo, self.device)
+            for prompt, emb in zip(todo, embeddings):
+                torch.save(emb.cpu(), self._cache_path(prompt))
+            cleanup()
+
+    def load_from_cache(self, prompt: str) -> torch.Tensor:
+        path = self._cache_path(prompt)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Text embedding {path} for prompt [{prompt}] was not computed.")
+        return torch.load(path, map_location=self.device)
