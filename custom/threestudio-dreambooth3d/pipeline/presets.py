@@ -65,8 +65,10 @@ PRESETS: Dict[str, Preset] = {
         multiview_steps=2,
         num_class_images=2,
         configs={stage: name.replace(".yaml", "-tiny-cpu.yaml") for stage, name in STAGE_CONFIGS.items()},
-        # the tiny configs already train 2 steps; a small texture keeps the CPU rasteriser quick
-        overrides={"export": ["system.exporter.texture_size=64"]},
+        # the tiny configs already train 2 steps. A 2-step NeRF is still the initial density blob,
+        # below threestudio's fixed threshold: "auto" takes the mean density. A small texture
+        # keeps the CPU rasteriser quick.
+        overrides={"export": ["system.geometry.isosurface_threshold=auto", "system.exporter.texture_size=64"]},
     ),
 }
 
