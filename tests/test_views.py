@@ -1,0 +1,52 @@
+"""View names and view prompts agree with threestudio's prompt processor."""
+import pytest
+import torch
+
+from threestudio_dreambooth3d import cameras, views
+
+
+def _threestudio_direction_idx(ele, azi, front=45.0, back=45.0, overhead=60.0):
+    # threestudio's DirectionConfig conditions (suffix style), applied in its order
+    shift = lambda a: (a + 180) % 360 - 180  # noqa: E731
+    conditions = [
+        ("side", lambda e, a: torch.ones_like(e, dtype=torch.bool)),
+        ("front", lambda e, a: (shift(a) > -front) & (shift(a) < front)),
+        ("back", lambda e, a: (shift(a) > 180 - back) | (shift(a) < -180 + back)),
+        ("overhead", lambda e, a: e > overhead),
+    ]
+    idx = torch.zeros_like(ele, dtype=torch.long)
+    for i, (_, cond) in enumerate(conditions):
+        idx[cond(ele, azi)] = i
+    return idx
+
+
+@pytest.mark.parametrize("elevation,azimuth,expected", [
+    (0, 0, "front"), (10, 44.9, "front"), (10, -44.9, "front"), (10, 45, "side"), (10, -45, "side"),
+    (0, 90, "side"), (0, 135, "side"), (0, 135.1, "back"), (0, 180, "back"), (0, -180, "back"),
+    (0, -135, "side"), (0, -135.1, "back"), (0, 315, "side"), (0, 316, "front"), (0, 540, "back"),
+    (60, 0, "front"), (60.1, 0, "overhead"), (89, 180, "overhead"), (-10, 180, "back"),
+])
+def test_view_name_thresholds(elevation, azimuth, expected):
+    assert views.view_name(elevation, azimuth) == expected
+
+
+def test_view_indices_match_threestudio_on_a_dense_grid():
+    ele, azi = torch.meshgrid(torch.arange(-10.0, 90.0, 2.5), torch.arange(-360.0, 360.0, 2.5), indexing="ij")
+    assert torch.equal(views.view_indices(ele, azi), _threestudio_direction_idx(ele, azi))
+    custom = dict(front_threshold=30.0, back_threshold=60.0, overhead_threshold=45.0)
+    assert torch.equal(views.view_indices(ele, azi, **custom), _threestudio_direction_idx(ele, azi, 30.0, 60.0, 45.0))
+    assert views.VIEWS == ("side", "front", "back", "overhead")  # threestudio's direction order
+
+
+def test_view_names_of_an_orbit():
+    cam = cameras.orbit_cameras(8, elevation_deg=15.0)
+    assert views.view_names(cam["elevation"], cam["azimuth"]) == [
+        "front", "side", "side", "side", "back", "side", "side", "side"]
+
+
+def test_view_prompt_uses_threestudios_suffix():
+    assert views.view_prompt("a sks dog", "back") == "a sks dog, back view"
+    assert views.view_prompt("a sks dog", "overhead") == "a sks dog, overhead view"
+    assert views.view_prompt("a sks dog", None) == "a sks dog"
+    with pytest.raises(ValueError, match="unknown view 'top'"):
+        views.view_prompt("a sks dog", "top")
