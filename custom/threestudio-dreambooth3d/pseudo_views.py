@@ -1,0 +1,312 @@
+"""A pseudo-view set on disk: stage 2 writes it, multi-view DreamBooth and stage 3 read it.
+
+Layout (written atomically: a temporary folder renamed into place)::
+
+    FOLDER/
+      images/view_000.png, view_000.txt ...   translated views + caption (the DreamBooth
+                                              trainer reads ``<image>`` + ``<stem>.txt``)
+      masks/view_000.png ...                  optional: render opacity, 8-bit grey
+      renders/view_000.png ...                optional: the untranslated renders
+      cameras.json                            one entry per view, in view order
+      contact_sheet.png                       every view labelled with its camera
+
+A ``cameras.json`` entry: ``file``, ``mask`` (or null), ``render`` (or null),
+``elevation_deg``, ``azimuth_deg``, ``distance``, ``fovy_deg``, ``c2w`` (4x4, threestudio's
+convention, see :mod:`.cameras`), ``height``, ``width`` (of the image), ``view``
+(front/side/back/overhead) and ``caption``. Angles are in degrees under names that say
+so, because threestudio's camera batches keep ``fovy`` in radians.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from . import cameras as cams
+from .checkpoints import atomic_write_dir
+from .views import view_name
+
+CAMERAS_FILE = "cameras.json"
+CONTACT_SHEET = "contact_sheet.png"
+REGENERATE = "Rerun stage 2 to regenerate the set (launch.py --test with the stage-2 config, or `dreambooth3d run`)."
+RECORD_KEYS = ("file", "elevation_deg", "azimuth_deg", "distance", "fovy_deg", "c2w", "height", "width")
+
+ImagesLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
+
+
+class PseudoViewError(ValueError):
+    """A pseudo-view set that cannot be read or written; the message names the file."""
+
+
+@dataclass
+class PseudoViewSet:
+    folder: Path
+    images: torch.Tensor  # [N, H, W, 3] float32 in [0, 1], threestudio's rgb layout
+    masks: Optional[torch.Tensor]  # [N, H, W, 1] float32 in [0, 1]
+    renders: Optional[torch.Tensor]  # [N, H, W, 3] float32 in [0, 1]
+    cameras: List[Dict[str, Any]]  # the cameras.json entries
+    captions: List[str]  # from the sidecar .txt files (what the trainer reads)
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def names(self) -> List[str]:
+        return [Path(r["file"]).stem for r in self.cameras]
+
+    def camera_batch(self, height: Optional[int] = None, width: Optional[int] = None,
+                     with_rays: bool = False) -> Dict[str, Any]:
+        """threestudio's camera batch of all views, at the image size unless given."""
+        r = self.cameras
+        return cams.camera_batch(
+            torch.tensor([x["c2w"] for x in r]), [x["fovy_deg"] for x in r],
+            height or r[0]["height"], width or r[0]["width"],
+            [x["elevation_deg"] for x in r], [x["azimuth_deg"] for x in r], with_rays=with_rays,
+        )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _to_uint8_images(images: ImagesLike, what: str, channels: int) -> List[np.ndarray]:
+    """Images as a list of HxWxC uint8 arrays; accepts NHWC or NCHW, float [0, 1] or uint8."""
+    from PIL import Image
+
+    out = []
+    for i, im in enumerate(images):  # a batch tensor/array iterates over its views
+        if isinstance(im, Image.Image):
+            im = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+        arr = im.detach().cpu().numpy() if isinstance(im, torch.Tensor) else np.asarray(im)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim == 3 and arr.shape[0] == channels and arr.shape[-1] != channels:
+            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+        if arr.ndim != 3 or arr.shape[-1] != channels:
+            raise PseudoViewError(f"{what} {i}: expected HxWx{channels} or {channels}xHxW, got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            out.append(np.ascontiguousarray(arr))
+            continue
+        if arr.dtype == bool:
+            arr = arr.astype(np.float32)
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all() or arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
+            raise PseudoViewError(f"{what} {i}: float values must be finite and in [0, 1], "
+                                  f"got [{np.nanmin(arr):.3g}, {np.nanmax(arr):.3g}]")
+        out.append(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    return out
+
+
+def _camera_records(cameras: Any, n: int) -> List[Dict[str, Any]]:
+    """Per-view camera entries from a camera batch (threestudio keys, fovy in radians),
+    a list of one-view batches, or a list of cameras.json entries (``*_deg`` keys)."""
+    def num(v, i=0):
+        return float(v.reshape(-1)[i]) if isinstance(v, torch.Tensor) else float(np.asarray(v).reshape(-1)[i])
+
+    def from_batch(b, i):
+        c2w = torch.as_tensor(b["c2w"], dtype=torch.float32).reshape(-1, 4, 4)[i]
+        dist = num(b["camera_distances"], i) if "camera_distances" in b else float(c2w[:3, 3].norm())
+        # angles to 1e-6 deg: float32 radians would otherwise print fovy 70 as 69.99999967
+        return {"elevation_deg": round(num(b["elevation"], i), 6), "azimuth_deg": round(num(b["azimuth"], i), 6),
+                "distance": round(dist, 6), "fovy_deg": round(math.degrees(num(b["fovy"], i)), 6),
+                "c2w": c2w.tolist()}
+
+    if isinstance(cameras, dict):
+        count = torch.as_tensor(cameras["c2w"]).reshape(-1, 4, 4).shape[0]
+        if count != n:
+            raise PseudoViewError(f"cameras hold {count} views for {n} images")
+        return [from_batch(cameras, i) for i in range(n)]
+    cameras = list(cameras)
+    if len(cameras) != n:
+        raise PseudoViewError(f"{len(cameras)} cameras for {n} images")
+    out = []
+    for i, c in enumerate(cameras):
+        if "fovy_deg" in c:
+            rec = {k: float(c[k]) for k in ("elevation_deg", "azimuth_deg", "distance", "fovy_deg")}
+            rec["c2w"] = torch.as_tensor(c["c2w"], dtype=torch.float32).reshape(4, 4).tolist()
+        elif "fovy" in c:
+            rec = from_batch(c, 0)
+        else:
+            raise PseudoViewError(f"camera {i}: expected a camera batch (threestudio keys) or a cameras.json "
+                                  f"entry (elevation_deg, azimuth_deg, distance, fovy_deg, c2w); got keys {sorted(c)}")
+        out.append(rec)
+    return out
+
+
+def make_contact_sheet(images: ImagesLike, labels: Sequence[str], columns: Optional[int] = None,
+                       label_height: int = 14, min_tile_width: int = 128) -> "Image.Image":
+    """All views in a grid, each with its label in a strip under it.
+
+    Tiles narrower than ``min_tile_width`` are enlarged by a whole factor (nearest
+    neighbour) so 64-pixel renders stay visible and their labels fit; a label is clipped
+    to its own tile.
+    """
+    from PIL import Image, ImageDraw
+
+    arrays = _to_uint8_images(images, "image", 3)
+    if len(labels) != len(arrays):
+        raise ValueError(f"{len(labels)} labels for {len(arrays)} images")
+    if not arrays:
+        raise ValueError("no images for a contact sheet")
+    h = max(a.shape[0] for a in arrays)
+    w = max(a.shape[1] for a in arrays)
+    scale = max(1, math.ceil(min_tile_width / w))
+    h, w = h * scale, w * scale
+    columns = columns or math.ceil(math.sqrt(len(arrays)))
+    rows = math.ceil(len(arrays) / columns)
+    sheet = Image.new("RGB", (columns * w, rows * (h + label_height)), "white")
+    for i, (arr, label) in enumerate(zip(arrays, labels)):
+        x, y = (i % columns) * w, (i // columns) * (h + label_height)
+        sheet.paste(Image.fromarray(arr.repeat(scale, 0).repeat(scale, 1)), (x, y))
+        strip = Image.new("RGB", (w, label_height), "white")
+        ImageDraw.Draw(strip).text((2, 1), label, fill="black")
+        sheet.paste(strip, (x, y + h))
+    return sheet
+
+
+def _label(i: int, rec: Dict[str, Any]) -> str:
+    return f"{i:03d} az{rec['azimuth_deg']:.0f} el{rec['elevation_deg']:.0f} {rec['view']}"
+
+
+def write_pseudo_views(
+    folder: Union[str, Path],
+    images: ImagesLike,
+    cameras: Any,
+    captions: Union[str, Sequence[str]],
+    masks: Optional[ImagesLike] = None,
+    renders: Optional[ImagesLike] = None,
+) -> Path:
+    """Write a pseudo-view set atomically and return its folder.
+
+    ``images`` (and ``renders``): [N, H, W, 3] or [N, 3, H, W] tensors/arrays or a list
+    of images, float in [0, 1] or uint8. ``cameras``: a camera batch from
+    :mod:`.cameras` (or threestudio's), a list of one-view batches, or cameras.json
+    entries. ``captions``: one per view (or one for all). ``masks``: [N, H, W(, 1)] or
+    [N, 1, H, W], float in [0, 1], bool or uint8.
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    rgb = _to_uint8_images(images, "image", 3)
+    n = len(rgb)
+    if n == 0:
+        raise PseudoViewError("no images to write")
+    records = _camera_records(cameras, n)
+    captions = [captions] * n if isinstance(captions, str) else list(captions)
+    if len(captions) != n:
+        raise PseudoViewError(f"{len(captions)} captions for {n} images")
+    mask_arrays = None if masks is None else _to_uint8_images(masks, "mask", 1)
+    render_arrays = None if renders is None else _to_uint8_images(renders, "render", 3)
+    for name, extra in (("masks", mask_arrays), ("renders", render_arrays)):
+        if extra is not None:
+            if len(extra) != n:
+                raise PseudoViewError(f"{len(extra)} {name} for {n} images")
+            for i, (a, b) in enumerate(zip(extra, rgb)):
+                if a.shape[:2] != b.shape[:2]:
+                    raise PseudoViewError(f"{name} {i} is {a.shape[1]}x{a.shape[0]}, its image {b.shape[1]}x{b.shape[0]}")
+
+    for i, (rec, arr, cap) in enumerate(zip(records, rgb, captions)):
+        stem = f"view_{i:03d}"
+        rec.update(file=f"images/{stem}.png", mask=f"masks/{stem}.png" if mask_arrays else None,
+                   render=f"renders/{stem}.png" if render_arrays else None, height=int(arr.shape[0]),
+                   width=int(arr.shape[1]), view=view_name(rec["elevation_deg"], rec["azimuth_deg"]), caption=cap)
+
+    def write(tmp: Path) -> None:
+        (tmp / "images").mkdir()
+        for i, rec in enumerate(records):
+            Image.fromarray(rgb[i]).save(tmp / rec["file"])
+            (tmp / rec["file"]).with_suffix(".txt").write_text(rec["caption"] + "\n")
+        if mask_arrays:
+            (tmp / "masks").mkdir()
+            for rec, arr in zip(records, mask_arrays):
+                Image.fromarray(arr[..., 0]).save(tmp / rec["mask"])
+        if render_arrays:
+            (tmp / "renders").mkdir()
+            for rec, arr in zip(records, render_arrays):
+                Image.fromarray(arr).save(tmp / rec["render"])
+        # render | translation side by side when both exist: the sheet shows what stage 2 changed
+        tiles = [np.concatenate([r, t], axis=1) for r, t in zip(render_arrays, rgb)] if render_arrays else rgb
+        make_contact_sheet(tiles, [_label(i, r) for i, r in enumerate(records)]).save(tmp / CONTACT_SHEET)
+        # one view per line: readable and diffable
+        (tmp / CAMERAS_FILE).write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+
+    return atomic_write_dir(folder, write)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _load_png(path: Path, mode: str, rec_index: int, size) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise PseudoViewError(f"{path} is missing (listed in {CAMERAS_FILE}, entry {rec_index}). {REGENERATE}")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise PseudoViewError(f"{path} is not a readable image ({e}). {REGENERATE}") from e
+    if arr.shape[:2] != size:
+        raise PseudoViewError(f"{path} is {arr.shape[1]}x{arr.shape[0]} but {CAMERAS_FILE} says "
+                              f"{size[1]}x{size[0]}. {REGENERATE}")
+    return arr
+
+
+def _read_records(folder: Path) -> List[Dict[str, Any]]:
+    path = folder / CAMERAS_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no pseudo-view set here. {REGENERATE}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing, so {folder} is not a complete pseudo-view set. {REGENERATE}")
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PseudoViewError(f"{path} is not valid JSON ({e}). {REGENERATE}") from e
+    if not isinstance(records, list) or not records:
+        raise PseudoViewError(f"{path} must hold a non-empty list of per-view cameras. {REGENERATE}")
+    for i, rec in enumerate(records):
+        missing = [k for k in RECORD_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise PseudoViewError(f"{path}: entry {i} lacks {', '.join(missing)}. {REGENERATE}")
+        try:
+            c2w = np.asarray(rec["c2w"], dtype=np.float64)
+        except (TypeError, ValueError):
+            c2w = None
+        if c2w is None or c2w.shape != (4, 4) or not np.isfinite(c2w).all():
+            raise PseudoViewError(f"{path}: entry {i} has a c2w that is not a finite 4x4 matrix. {REGENERATE}")
+    sizes = {(r["height"], r["width"]) for r in records}
+    if len(sizes) != 1:
+        raise PseudoViewError(f"{path}: views differ in size {sorted(sizes)}; one set holds one size. {REGENERATE}")
+    return records
+
+
+def read_pseudo_views(folder: Union[str, Path]) -> PseudoViewSet:
+    """Load a set written by :func:`write_pseudo_views`; errors name the bad file."""
+    folder = Path(folder)
+    records = _read_records(folder)
+    size = (int(records[0]["height"]), int(records[0]["width"]))
+    images, masks, renders, captions = [], [], [], []
+    for i, rec in enumerate(records):
+        img_path = folder / rec["file"]
+        images.append(_load_png(img_path, "RGB", i, size))
+        cap = img_path.with_suffix(".txt")
+        if not cap.is_file():
+            raise PseudoViewError(f"{cap} is missing: the caption of {img_path.name}. {REGENERATE}")
+        captions.append(cap.read_text().strip())
+        if rec.get("mask"):
+            masks.append(_load_png(folder / rec["mask"], "L", i, size)[..., None])
+        if rec.get("render"):
+            renders.append(_load_png(folder / rec["render"], "RGB", i, size))
+    for name, got in (("mask", masks), ("render", renders)):
+        if got and len(got) != len(records):
+            raise PseudoViewError(f"{folder / CAMERAS_FILE}: only some views have a {name}. {REGENERATE}")
+
+    def stack(arrays):
+        return torch.from_numpy(np.stack(arrays)).float() / 255.0 if arrays else None
+
+    return PseudoViewSet(folder=folder, images=stack(images), masks=stack(masks), renders=stack(renders),
+                         cameras=records, captions=captions)
