@@ -1,0 +1,124 @@
+"""dreambooth-sds-guidance and dreambooth-prompt-processor inside threestudio, on the tiny model."""
+import pytest
+import torch
+
+
+def make_prompt_processor(threestudio, model, run, name="partial", **kw):
+    return threestudio.find("dreambooth-prompt-processor")(
+        {"pretrained_model_name_or_path": str(model), "checkpoint": str(run), "checkpoint_name": name,
+         "prompt": "a sks dog", **kw})
+
+
+def make_guidance(threestudio, model, run, name="partial", **kw):
+    return threestudio.find("dreambooth-sds-guidance")(
+        {"pretrained_model_name_or_path": str(model), "checkpoint": str(run), "checkpoint_name": name,
+         "half_precision_weights": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def guidance(threestudio, tiny_sd_path, dreambooth_run):
+    return make_guidance(threestudio, tiny_sd_path, dreambooth_run)
+
+
+def test_sds_loss_is_finite_and_its_gradient_reaches_the_render(threestudio, tiny_sd_path, dreambooth_run, guidance,
+                                                                in_tmp_project):
+    prompt_utils = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
+    guidance.update_step(0, 0)
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 24, 24, 3, requires_grad=True)  # a render smaller than the model: upsampled like 64 -> 512
+    out = guidance(rgb, prompt_utils, elevation=torch.tensor([10.0, 70.0]), azimuth=torch.tensor([0.0, 180.0]),
+                   camera_distances=torch.tensor([2.0, 2.0]))
+    assert torch.isfinite(out["loss_sds"]) and out["loss_sds"] > 0
+    assert (out["min_step"], out["max_step"]) == (20, 980)
+    out["loss_sds"].backward()
+    assert rgb.grad is not None and torch.isfinite(rgb.grad).all()
+    assert rgb.grad.abs().sum(dim=(1, 2, 3)).min() > 0  # every view of the batch receives gradient
+
+
+def test_t_range_follows_threestudio_schedules(threestudio, tiny_sd_path, dreambooth_run, in_tmp_project, monkeypatch):
+    from threestudio_dreambooth3d import sds
+
+    # C() schedules as threestudio writes them: max_step_percent 0.98 -> 0.5 over steps 0..100
+    g = make_guidance(threestudio, tiny_sd_path, dreambooth_run, max_step_percent=[0, 0.98, 0.5, 100],
+                      grad_clip=[0, 0.1, 1.0, 100])
+    g.update_step(0, 50)
+    assert (g.min_step, g.max_step) == (20, 740) and g.grad_clip_val == pytest.approx(0.55)
+    g.update_step(0, 100)
+    used = []
+    real = sds.score_distillation
+    monkeypatch.setattr(sds, "score_distillation", lambda *a, **k: used.append(k["t"]) or real(*a, **k))
+    prompt_utils = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = g(torch.rand(1, 32, 32, 3), prompt_utils, torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+    assert (out["min_step"], out["max_step"]) == (20, 500)
+    assert all(20 <= int(t) <= 500 for t in used) and len(set(int(t) for t in used)) > 1
+
+
+def test_guidance_is_the_core_sds_on_base_plus_checkpoint(threestudio, tiny_sd_path, dreambooth_run, guidance, in_tmp_project):
+    """Same seed, same render: the guidance's loss is the core's on load_sd_components(model, checkpoint)."""
+    from threestudio_dreambooth3d import sds
+    from threestudio_dreambooth3d.sd_models import load_sd_components
+
+    prompt_utils = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
+    guidance.update_step(0, 0)
+    rgb = torch.rand(1, 32, 32, 3)
+    ele, azi, dist = torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.0])
+    torch.manual_seed(1)
+    ours = guidance(rgb, prompt_utils, ele, azi, dist)["loss_sds"]
+    comps = load_sd_components(tiny_sd_path, checkpoint=dreambooth_run / "checkpoints" / "partial").freeze()
+    emb = prompt_utils.get_text_embeddings(ele, azi, dist, True)
+    torch.manual_seed(1)
+    t = sds.sample_timesteps(1, 20, 980)
+    core = sds.score_distillation(comps, rgb, emb, sds.SDSConfig(guidance_scale=100.0), t=t)["loss_sds"]
+    torch.testing.assert_close(ours, core)
+    base = load_sd_components(tiny_sd_path).freeze()
+    torch.manual_seed(1)
+    t = sds.sample_timesteps(1, 20, 980)
+    plain = sds.score_distillation(base, rgb, emb, sds.SDSConfig(guidance_scale=100.0), t=t)["loss_sds"]
+    assert not torch.allclose(ours, plain)  # the DreamBooth weights are applied
+
+
+def test_prompt_processor_embeds_with_the_checkpoints_text_encoder(threestudio, tiny_sd_path, dreambooth_run, in_tmp_project):
+    from threestudio_dreambooth3d.sd_models import load_sd_components
+
+    ours = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run, name="full", use_cache=True)()
+    front = ours.prompts_vd.index("a sks dog, front view")
+    tuned = load_sd_components(tiny_sd_path, checkpoint=dreambooth_run / "checkpoints" / "full").encode_prompts(["a sks dog, front view"])
+    base = load_sd_components(tiny_sd_path).encode_prompts(["a sks dog, front view"])
+    torch.testing.assert_close(ours.text_embeddings_vd[front], tuned[0])
+    assert (tuned - base).abs().max() > 1e-3  # the run trained the text encoder
+    # threestudio's stock processor would have embedded with the base encoder: the cache keys differ
+    stock = threestudio.find("stable-diffusion-prompt-processor")(
+        {"pretrained_model_name_or_path": str(tiny_sd_path), "prompt": "a sks dog", "spawn": False})
+    torch.testing.assert_close(stock().text_embeddings_vd[front], base[0])
+    # a second processor reads the cache and still gets the checkpoint's embeddings, not the stock ones
+    again = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run, name="full", use_cache=True)()
+    torch.testing.assert_close(again.text_embeddings_vd[front], tuned[0])
+    # and the partial checkpoint's encoder is a different one
+    partial = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run, name="partial", use_cache=True)()
+    assert not torch.allclose(partial.text_embeddings_vd[front], tuned[0])
+
+
+def test_translate_is_batched_img2img_with_the_full_model(threestudio, tiny_sd_path, dreambooth_run):
+    from threestudio_dreambooth3d import img2img
+
+    g = make_guidance(threestudio, tiny_sd_path, dreambooth_run, name="full", translation_steps=4, translation_batch_size=2)
+    renders = torch.rand(3, 3, 24, 24)
+    prompts = ["a sks dog, front view", "a sks dog, side view", "a sks dog, back view"]
+    out = g.translate(renders, prompts, seed=3)
+    assert out.shape == renders.shape and out.min() >= 0 and out.max() <= 1
+    assert (out - renders).abs().mean() > 1e-3
+    # batching does not change a view's result (one seed per view)
+    alone = img2img.translate(g.components, renders[2:], prompts[2:], strength=0.5, num_inference_steps=4, seed=5)
+    torch.testing.assert_close(out[2:], alone, atol=1e-5, rtol=0)
+
+
+def test_checkpoint_errors_name_the_fix(threestudio, dreambooth_run):
+    from threestudio_dreambooth3d.threestudio_ext.guidance import resolve_checkpoint
+
+    assert resolve_checkpoint(str(dreambooth_run), "full") == dreambooth_run / "checkpoints" / "full"
+    assert resolve_checkpoint(str(dreambooth_run / "checkpoints" / "partial"), "ignored") == dreambooth_run / "checkpoints" / "partial"
+    assert resolve_checkpoint(None) is None
+    with pytest.raises(FileNotFoundError, match=r"multiview.*available: full, partial"):
+        resolve_checkpoint(str(dreambooth_run), "multiview")

@@ -1,0 +1,75 @@
+"""Our names are registered with threestudio and every config in configs/ parses with its loader."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def load_config(path, *overrides: str):
+    """Parse with threestudio's own loader and launch.py-style dotlist overrides."""
+    from threestudio.utils.config import load_config as ts_load_config
+
+    return ts_load_config(str(path), cli_args=list(overrides), n_gpus=1)
+
+OUR_NAMES = ("dreambooth-sds-guidance", "dreambooth-prompt-processor", "pseudo-multiview-datamodule", "dreambooth3d-system")
+MODEL_SECTIONS = ("geometry_type", "geometry", "material_type", "material", "background_type", "background",
+                  "renderer_type", "renderer")
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+
+
+def test_our_modules_are_registered(threestudio):
+    for name in OUR_NAMES:
+        cls = threestudio.find(name)
+        assert cls.__module__.startswith("threestudio_dreambooth3d.threestudio_ext"), (name, cls.__module__)
+
+
+def overrides_for(path: Path, tmp_path: Path):
+    out = ['system.prompt_processor.prompt="a sks dog"', f"system.guidance.checkpoint={tmp_path / 'ckpt'}",
+           f"exp_root_dir={tmp_path / 'outputs'}"]
+    if "tiny-cpu" in path.name:
+        out.append(f"system.guidance.pretrained_model_name_or_path={tmp_path / 'tiny-sd'}")
+    if "stage2" in path.name:
+        out.append(f"system.pseudo_views_dir={tmp_path / 'pseudo'}")
+    if "stage3" in path.name:
+        out.append(f"data.pseudo_views_dir={tmp_path / 'pseudo'}")
+    return out
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
+def test_config_parses_with_threestudio_loader(threestudio, path, tmp_path):
+    cfg = load_config(path, *overrides_for(path, tmp_path))
+    assert threestudio.find(cfg.system_type) is threestudio.find("dreambooth3d-system")
+    assert threestudio.find(cfg.data_type) is threestudio.find("pseudo-multiview-datamodule")
+    sys_cfg = threestudio.find(cfg.system_type).Config
+    # the system's and datamodule's structured configs accept every key the file sets
+    OmegaConf.structured(sys_cfg(**cfg.system))
+    from threestudio_dreambooth3d.threestudio_ext.datamodule import PseudoMultiviewDataModuleConfig
+
+    OmegaConf.structured(PseudoMultiviewDataModuleConfig(**cfg.data))
+    # the prompt processor follows the guidance's model and checkpoint
+    pp, g = cfg.system.prompt_processor, cfg.system.guidance
+    assert (pp.pretrained_model_name_or_path, pp.checkpoint, pp.checkpoint_name) == (
+        g.pretrained_model_name_or_path, g.checkpoint, g.checkpoint_name)
+    assert cfg.tag == "a_sks_dog"
+
+
+@pytest.mark.parametrize("variant", ["", "-tiny-cpu"])
+def test_stages_share_one_nerf(threestudio, variant, tmp_path):
+    """Stage 2 loads the stage-1 checkpoint and stage 3 may start from it: same model sections."""
+    cfgs = {}
+    for stage in (1, 2, 3):
+        path = CONFIGS / f"dreambooth3d-stage{stage}{variant}.yaml"
+        cfgs[stage] = load_config(path, *overrides_for(path, tmp_path))
+    for key in MODEL_SECTIONS:
+        assert cfgs[1].system[key] == cfgs[2].system[key] == cfgs[3].system[key], key
+    assert [cfgs[s].system.stage for s in (1, 2, 3)] == [1, 2, 3]
+    assert [cfgs[s].system.guidance.checkpoint_name for s in (1, 2, 3)] == ["partial", "full", "multiview"]
+
+
+def test_baseline_is_plain_sds_with_the_full_model(threestudio, tmp_path):
+    path = CONFIGS / "dreamboothfusion-baseline.yaml"
+    cfg = load_config(path, *overrides_for(path, tmp_path))
+    assert cfg.system.stage == 1 and cfg.system.guidance.checkpoint_name == "full"
+    assert cfg.system.loss.lambda_rec == 0 and cfg.data.pseudo_views_dir is None
