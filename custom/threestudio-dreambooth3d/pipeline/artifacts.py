@@ -1,10 +1,10 @@
-"""Turning threestudio's trial outputs into things to look at: videos, a contact sheet, a GLB."""
+"""Turning threestudio's trial outputs into things to look at: the newest video, mesh files, a GLB."""
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 from .manifest import raise_if_disk_full
 
@@ -28,31 +28,6 @@ def copy_into(src: Path, dst: Path) -> Path:
         raise_if_disk_full(e, dst)
         raise
     return dst
-
-
-def contact_sheet(items: Sequence[Tuple[Path, str]], out: Path, thumb: int = 160, columns: int = 6) -> Path:
-    """All pseudo views on one page, each captioned with its prompt (the view name is what matters)."""
-    from PIL import Image, ImageDraw
-
-    columns = max(1, min(columns, len(items)))
-    rows = (len(items) + columns - 1) // columns
-    caption_h = 28
-    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption_h)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (path, caption) in enumerate(items):
-        x, y = (i % columns) * thumb, (i // columns) * (thumb + caption_h)
-        with Image.open(path) as im:
-            sheet.paste(im.convert("RGB").resize((thumb, thumb)), (x, y))
-        # long prompts: the tail carries the view name ("..., back view")
-        text = caption if len(caption) <= 26 else "..." + caption[-23:]
-        draw.text((x + 3, y + thumb + 7), text, fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sheet.save(out)
-    except OSError as e:
-        raise_if_disk_full(e, out)
-        raise
-    return out
 
 
 def obj_to_glb(obj: Path, glb: Path) -> dict:

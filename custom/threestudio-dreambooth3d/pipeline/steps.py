@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .artifacts import contact_sheet, copy_into, latest, mesh_files, obj_to_glb
+from .artifacts import copy_into, latest, mesh_files, obj_to_glb
 from .commands import Command, finetune_command, launch_command
 from .context import RunContext
 from .manifest import sha256_files
@@ -145,12 +145,11 @@ class Stage2(ThreestudioStage):
         return super().work_paths(ctx) + [ctx.pseudo_views_dir, ctx.results_dir / "pseudo_views.png"]
 
     def collect(self, ctx):
-        from ..subject import read_captioned_folder
+        from ..pseudo_views import CONTACT_SHEET, read_pseudo_views
 
-        images = _expect(ctx.pseudo_views_dir / "images", "pseudo-view set", self.name, ctx)
-        views = read_captioned_folder(images)
-        sheet = contact_sheet(views, ctx.results_dir / "pseudo_views.png")
-        return {"pseudo_views": ctx.pseudo_views_dir, "contact_sheet": sheet, **self._video(ctx)}
+        read_pseudo_views(_expect(ctx.pseudo_views_dir, "pseudo-view set", self.name, ctx))  # complete and readable
+        sheet = copy_into(ctx.pseudo_views_dir / CONTACT_SHEET, ctx.results_dir / "pseudo_views.png")
+        return {"pseudo_views": ctx.pseudo_views_dir, "contact_sheet": sheet}
 
 
 class MultiviewFinetune(Step):
