@@ -70,8 +70,3 @@ def subject_latents(tiny_sd_path, subject_dir):
     with torch.no_grad():
         return comps.vae.encode(pixels).latent_dist.mean * comps.vae.config.scaling_factor
 
-
-def distance_to_subject(latents, subject_latents) -> float:
-    """Mean over samples of the MSE to the nearest subject latent."""
-    d = ((latents[:, None] - subject_latents[None]) ** 2).mean(dim=(2, 3, 4))
-    return d.min(dim=1).values.mean().item()

@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
-from conftest import distance_to_subject
 from safetensors.torch import load_file
 
 from threestudio_dreambooth3d import checkpoints
 from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, DreamBoothTrainer, train_dreambooth
 from threestudio_dreambooth3d.sampling import generate_images
 from threestudio_dreambooth3d.sd_models import load_sd_components
+from threestudio_dreambooth3d.testing import latent_distance_to_subject
 
 
 def make_cfg(tiny_sd_path, subject_dir, out, **kw):
@@ -44,7 +44,7 @@ def test_samples_move_toward_subject_full_more_than_partial(personalised, tiny_s
         comps = load_sd_components(tiny_sd_path, checkpoint=ckpt)
         lat = generate_images(comps, "a sks dog", num_images=4, num_inference_steps=10, guidance_scale=3.0,
                               seed=123, output_type="latent")
-        return distance_to_subject(lat, subject_latents)
+        return latent_distance_to_subject(lat, subject_latents)
 
     base, partial, full = dist(None), dist(personalised.checkpoints["partial"]), dist(personalised.checkpoints["full"])
     assert partial < base

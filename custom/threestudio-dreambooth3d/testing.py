@@ -235,3 +235,9 @@ def make_subject_images(folder: Union[str, Path], n: int = 4, size: int = 64,
 
 def default_device() -> Optional[str]:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def latent_distance_to_subject(latents: torch.Tensor, subject_latents: torch.Tensor) -> float:
+    """Mean over samples of the MSE to the nearest subject latent: how 'subject-like' samples are."""
+    d = ((latents[:, None] - subject_latents[None]) ** 2).mean(dim=(2, 3, 4))
+    return d.min(dim=1).values.mean().item()
