@@ -186,6 +186,7 @@ def tiny_fitted_to_subject(tiny_sd_path):
     return fit_to_subject(load_sd_components(tiny_sd_path), subject), subject
 
 
+@pytest.mark.slow  # ~7 s alone: 100 fitting steps of the tiny UNet
 def test_sds_pulls_the_tiny_model_toward_its_subject(tiny_fitted_to_subject, tiny):
     comps, subject = tiny_fitted_to_subject
     control = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(7))
