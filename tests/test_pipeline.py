@@ -242,6 +242,17 @@ def test_rerun_skips_every_finished_step(make_ctx, capsys):
     assert capsys.readouterr().out.count("skipped (done, inputs unchanged)") == 7
 
 
+def test_moved_output_folder_is_not_a_change(make_ctx, tmp_path):
+    import shutil
+
+    ctx = make_ctx(model=str(tmp_path / "out" / "models" / "tiny-sd"))  # the smoke model lives in OUT
+    Runner(ctx, executor=FakeExecutor()).run()
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(ctx.out), moved)
+    plan = Runner(make_ctx(out=moved, model=str(moved / "models" / "tiny-sd")), executor=FakeExecutor()).plan()
+    assert [d.reason for d in plan] == ["done, inputs unchanged"] * 7
+
+
 def test_changed_subject_photo_reruns_the_finetune_and_everything_after(make_ctx, subject):
     ctx = make_ctx()
     Runner(ctx, executor=FakeExecutor()).run()

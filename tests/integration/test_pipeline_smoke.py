@@ -4,8 +4,9 @@ One sequence of real runs (module fixture), as a user would live it:
 1. a run killed (SIGKILL) right after stage 1 finished;
 2. the same command again: stage 1 is not recomputed, the killed stage restarts cleanly,
    the run completes — its output folder is what the artefact tests inspect;
-3. a subject photo changed, the same command again: the finetune reruns (stopped once it
-   is done, to keep the test short).
+3. on a copy of that folder (so the tests still see step 2's results; a moved folder is
+   not a changed input), a subject photo changed, the same command again: the finetune
+   reruns (stopped once it is done, to keep the test short).
 """
 from __future__ import annotations
 
@@ -79,12 +80,13 @@ def smoke(tmp_path_factory, subject_dir, threestudio_root):
     after = _manifest(out)
 
     # 3. a changed photo: the finetune reruns (killed once it finished)
-    photo = sorted(subject.glob("*.png"))[0]
     from PIL import Image
 
-    Image.new("RGB", (64, 64), (20, 20, 220)).save(photo)
-    _run_until(argv, out, tmp / "run3.log", lambda s: _status(s, "stage1") == "running")
-    changed = _manifest(out)
+    moved = Path(shutil.copytree(out, tmp / "moved", symlinks=True))
+    Image.new("RGB", (64, 64), (20, 20, 220)).save(sorted(subject.glob("*.png"))[0])
+    _run_until(_argv(subject, moved, threestudio_root), moved, tmp / "run3.log",
+               lambda s: _status(s, "stage1") == "running")
+    changed = _manifest(moved)
     return {"out": out, "stdout": done.stdout, "killed": killed, "after": after, "changed": changed,
             "stage1_mtime": stage1_mtime, "stage1_mtime_after": ckpt.stat().st_mtime_ns if ckpt.exists() else None,
             "run3": (tmp / "run3.log").read_text(errors="replace")}
@@ -104,7 +106,8 @@ def test_killed_run_resumes_without_recomputing_stage1(smoke):
 
 def test_changed_subject_photo_reruns_the_finetune(smoke):
     after, changed = smoke["after"], smoke["changed"]
-    assert "inputs changed: subject photos" in smoke["run3"]
+    assert "[1/7] finetune: DreamBooth finetune on the photos (partial + full checkpoints) (inputs changed: subject photos)" \
+        in smoke["run3"]
     assert changed["finetune"]["status"] == "done"
     assert changed["finetune"]["output_id"] != after["finetune"]["output_id"]
     assert changed["finetune"]["inputs"]["subject_sha256"] != after["finetune"]["inputs"]["subject_sha256"]
@@ -124,7 +127,7 @@ def test_checkpoints_and_pseudo_views_are_valid(smoke):
     from PIL import Image
 
     from threestudio_dreambooth3d.checkpoints import read_meta
-    from threestudio_dreambooth3d.subject import read_captioned_folder
+    from threestudio_dreambooth3d.pseudo_views import read_pseudo_views
 
     out, after = smoke["out"], smoke["after"]
     for name in ("partial", "full"):
@@ -133,12 +136,9 @@ def test_checkpoints_and_pseudo_views_are_valid(smoke):
     for stage in ("stage1", "stage3"):
         state = torch.load(out / after[stage]["outputs"]["checkpoint"], map_location="cpu", weights_only=False)
         assert any(k.startswith("geometry.") for k in state["state_dict"])
-    views = read_captioned_folder(out / "pseudo_views" / "images")
-    assert len(views) >= 2 and all(" view" in caption for _, caption in views)
-    for path, _ in views:
-        with Image.open(path) as im:
-            im.load()
-            assert im.size[0] >= 16
+    views = read_pseudo_views(out / after["stage2"]["outputs"]["pseudo_views"])  # decodes every image
+    assert len(views) >= 2 and views.images.shape[0] == len(views) and views.images.std() > 0
+    assert all(c.startswith("a sks dog wearing a hat, ") and c.endswith(" view") for c in views.captions)
     with Image.open(out / after["stage2"]["outputs"]["contact_sheet"]) as sheet:
         sheet.load()
 

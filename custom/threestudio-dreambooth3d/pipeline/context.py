@@ -68,7 +68,7 @@ class RunContext:
     @property
     def class_images_dir(self) -> Path:
         # keyed by what the class images depend on: the trainer reuses whatever the folder holds
-        key = hashlib.sha256(self.model.encode()).hexdigest()[:8]
+        key = hashlib.sha256(self.portable(self.model).encode()).hexdigest()[:8]
         return self.out / "class_images" / f"{slug(self.class_noun)}-{key}"
 
     @property
@@ -109,6 +109,12 @@ class RunContext:
     @property
     def logs_dir(self) -> Path:
         return self.out / "logs"
+
+    def portable(self, text: str) -> str:
+        """``text`` with the output folder and threestudio's location as ``$OUT``/``$THREESTUDIO``,
+        so a moved folder does not count as changed inputs."""
+        text = text.replace(str(self.out), "$OUT")
+        return text.replace(str(self.threestudio_root), "$THREESTUDIO") if self.threestudio_root else text
 
     def rel(self, path: Path) -> str:
         """A path inside the output folder as the manifest and summary store it."""

@@ -20,15 +20,8 @@ RunCommand = Callable[[Command], None]
 
 
 def _normalised(cmd: Command, ctx: RunContext) -> List[str]:
-    subs = [(str(ctx.out), "$OUT")]
-    if ctx.threestudio_root is not None:
-        subs.append((str(ctx.threestudio_root), "$THREESTUDIO"))
-    out = []
-    for arg in cmd.argv[1:]:  # argv[0] is the interpreter: a new venv is not a new input
-        for old, new in subs:
-            arg = arg.replace(old, new)
-        out.append(arg)
-    return out
+    # argv[0] is the interpreter: a new venv is not a new input
+    return [ctx.portable(arg) for arg in cmd.argv[1:]]
 
 
 def _file_hash(path: Path) -> str:
