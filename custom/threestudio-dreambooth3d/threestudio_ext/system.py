@@ -74,13 +74,15 @@ class DreamBooth3DSystem(DreamFusion):
 
     def training_step(self, batch, batch_idx):
         pseudo = batch.pop("pseudo", None)
-        out = super().training_step(batch, batch_idx)
         weights = {name: self.C(self.cfg.loss.get(f"lambda_{name}", 0.0)) for name in ("rec", "rec_mask")}
-        if any(w > 0 for w in weights.values()):
-            if pseudo is None:
-                raise ValueError(
-                    "system.loss.lambda_rec > 0 needs pseudo views: set data.pseudo_views_dir to the folder stage 2 wrote"
-                )
+        if not any(w > 0 for w in weights.values()):
+            pseudo = None  # nothing to reconstruct this step (e.g. a schedule still at 0)
+        elif pseudo is None:
+            raise ValueError(
+                "system.loss.lambda_rec > 0 needs pseudo views: set data.pseudo_views_dir to the folder stage 2 wrote"
+            )
+        out = super().training_step(batch, batch_idx)  # DreamFusion: SDS + its regularisers
+        if pseudo is not None:
             for name, value in self.reconstruction_losses(pseudo).items():
                 self.log(f"train/{name}", value)
                 out["loss"] = out["loss"] + value * weights[name[len("loss_"):]]
