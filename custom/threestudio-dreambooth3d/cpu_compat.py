@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -77,6 +78,7 @@ def install_stand_ins() -> List[str]:
             continue
         module = _StandIn(name)
         module.__path__ = []  # lets ``import nvdiffrast.torch`` resolve the child
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)  # find_spec() works
         sys.modules[name] = module
         parent, _, child = name.rpartition(".")
         if parent in sys.modules:

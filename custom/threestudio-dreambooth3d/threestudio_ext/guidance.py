@@ -56,6 +56,7 @@ class DreamBoothSDSGuidance(BaseObject):
         checkpoint: Optional[str] = None  # checkpoint folder, or finetuning output + checkpoint_name
         checkpoint_name: Optional[str] = None  # partial | full | multiview | ...
         half_precision_weights: bool = True  # fp16 on CUDA; always fp32 on CPU
+        enable_memory_efficient_attention: bool = False  # accepted for config compatibility: torch 2 SDPA is on
         enable_attention_slicing: bool = False
         enable_channels_last_format: bool = False
 
