@@ -8,7 +8,6 @@ looks for outputs where its own commands put them.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import shlex

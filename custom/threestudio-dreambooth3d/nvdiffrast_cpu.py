@@ -17,7 +17,7 @@ barycentrics, the nearest z/w wins, both facings are drawn; ``interpolate`` retu
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 
