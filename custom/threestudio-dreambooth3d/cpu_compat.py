@@ -148,7 +148,8 @@ def patch_lightning_trainer() -> None:
 
 
 def find_threestudio_root(root: Optional[Union[str, Path]] = None) -> Optional[Path]:
-    """The folder holding threestudio's ``launch.py``: ``root``, $THREESTUDIO_ROOT or the installed package's parent."""
+    """The folder holding the ``threestudio`` package (a checkout also has launch.py there):
+    ``root``, else $THREESTUDIO_ROOT, else the installed package's parent; None if none."""
     candidates = [root, os.environ.get("THREESTUDIO_ROOT")]
     spec = importlib.util.find_spec("threestudio") if root is None else None
     if spec is not None and spec.origin:

@@ -136,6 +136,9 @@ class DreamBoothSDSGuidance(BaseObject):
         **kwargs,
     ) -> Dict[str, Any]:
         """threestudio's guidance call: ``rgb`` [B, H, W, 3] in [0, 1] -> ``loss_sds`` and logs."""
+        if guidance_eval and not getattr(self, "_warned_eval", False):
+            self._warned_eval = True
+            threestudio.warn("dreambooth-sds-guidance does not produce guidance_eval images; ignoring guidance_eval")
         if prompt_utils.use_perp_neg:
             raise NotImplementedError("dreambooth-sds-guidance does not implement Perp-Neg; set prompt_processor.use_perp_neg=false")
         batch_size = rgb.shape[0]
