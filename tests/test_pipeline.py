@@ -392,7 +392,7 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio):
 def test_smoke_runs_launch_py_through_the_cpu_wrapper_with_tiny_configs(make_ctx, fake_threestudio):
     ctx = make_ctx(overrides={"stage1": ["system.guidance.guidance_scale=50"]})
     cmd = commands.launch_command(ctx, "stage1")
-    assert cmd.argv[:3] == [ctx.python, "-m", "threestudio_dreambooth3d.pipeline.cpu_launch"]
+    assert cmd.argv[:3] == [ctx.python, "-m", "threestudio_dreambooth3d.cpu_compat"]
     assert cmd.argv[3:6] == ["--threestudio-root", str(fake_threestudio), str(fake_threestudio / "launch.py")]
     assert cmd.argv[cmd.argv.index("--config") + 1].endswith("dreambooth3d-stage1-tiny-cpu.yaml")
     assert _dotlist(cmd).system.guidance.guidance_scale == 50  # user override, last so it wins

@@ -8,7 +8,9 @@ when a config only uses pure-torch networks:
 2. ``threestudio.utils.misc.get_device()`` answers ``cuda:RANK`` and ``cleanup()``
    calls ``tinycudann.free_temporary_memory``; both are imported *by name* into many
    modules, so patching ``misc`` alone is not enough;
-3. nerfacc's packed ops behind every volume renderer have only CUDA kernels;
+3. nerfacc's packed ops behind every volume renderer have only CUDA kernels, and the
+   mesh exporter bakes textures with nvdiffrast (pure-torch versions: ``nerfacc_cpu``,
+   ``nvdiffrast_cpu``);
 4. ``launch.py`` builds its ``Trainer`` with ``accelerator="gpu"``.
 
 :func:`enable_cpu_mode` handles all four, in that order, and must be called *before*
@@ -182,9 +184,10 @@ def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None
     if str(root) not in sys.path and importlib.util.find_spec("threestudio") is None:
         sys.path.insert(0, str(root))
     stand_ins = install_stand_ins()
-    from . import nerfacc_cpu
+    from . import nerfacc_cpu, nvdiffrast_cpu
 
     nerfacc_cpu.install()
+    nvdiffrast_cpu.install()  # threestudio's mesh exporter rasterises even for a NeRF
     patch_lightning_trainer()
     importlib.import_module("threestudio")
     patch_threestudio_device()

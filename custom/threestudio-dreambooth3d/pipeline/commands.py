@@ -187,7 +187,7 @@ def launch_command(ctx: RunContext, step: str) -> Command:
     args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
     if p.cpu:
         # same launch.py, on the CPU (see threestudio_dreambooth3d.cpu_compat)
-        argv = [ctx.python, "-m", "threestudio_dreambooth3d.pipeline.cpu_launch",
+        argv = [ctx.python, "-m", "threestudio_dreambooth3d.cpu_compat",
                 "--threestudio-root", str(ctx.threestudio_root), launch, *args]
     else:
         argv = [ctx.python, launch, *args]
