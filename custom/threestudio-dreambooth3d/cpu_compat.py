@@ -222,4 +222,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the imported module's main, not this __main__ copy: module state and the
+    # stand-in class must be the ones the rest of the package sees
+    from threestudio_dreambooth3d.cpu_compat import main as _main
+
+    _main()
