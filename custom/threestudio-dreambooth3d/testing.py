@@ -88,6 +88,7 @@ def get_dummy_components(seed: int = 0, sample_size: int = 16, hidden_size: int 
         norm_num_groups=8,
         sample_size=sample_size * 2,
     )
+    calibrate_vae(vae, seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp), model_max_length=77)
     torch.manual_seed(seed + 2)
@@ -113,6 +114,23 @@ def get_dummy_components(seed: int = 0, sample_size: int = 16, hidden_size: int 
         steps_offset=1,
     )
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+@torch.no_grad()
+def calibrate_vae(vae, seed: int = 0) -> None:
+    """Give a random VAE the two properties of SD's VAE that SDS and SDEdit rely on.
+
+    SD's posterior is near-deterministic and its ``scaling_factor`` (0.18215) gives
+    latents unit variance. A random VAE has neither: posterior noise drowns the image
+    and its scaled latents have std ~0.05, so any diffusion noise erases the input and
+    img2img, SDS and DreamBooth on the tiny model would all act on noise.
+    """
+    vae.quant_conv.weight[vae.config.latent_channels :] = 0
+    vae.quant_conv.bias[vae.config.latent_channels :] = -30.0  # log-variance -> std 3e-7
+    size = vae.config.sample_size
+    probe = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    raw = vae.encode(probe).latent_dist.mode()
+    vae.register_to_config(scaling_factor=1.0 / raw.std().item())
 
 
 def save_tiny_sd(folder: Union[str, Path], seed: int = 0, **kwargs) -> Path:
