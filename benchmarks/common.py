@@ -15,7 +15,8 @@ Models (``--model``):
 * any diffusers model folder or hub id.
 
 Built models are cached under ``--models-dir`` (default ``$BENCH_MODELS_DIR`` or
-``~/.cache/threestudio-dreambooth3d/bench-models``).
+``~/.cache/threestudio-dreambooth3d/bench-models``) by name only: delete a folder there
+to rebuild it after ``testing.py`` changes.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each variant's
 steps); on CPU the growth of the process's peak resident set size over the steps (Linux
@@ -105,7 +106,7 @@ def save_tiny_sd_512(folder: Path, seed: int = 0) -> Path:
     """The tiny test model with SD's geometry: 64x64 latents, a VAE that downsamples 8x (512 px)."""
     from diffusers import AutoencoderKL
 
-    from threestudio_dreambooth3d.testing import save_tiny_sd
+    from threestudio_dreambooth3d.testing import calibrate_vae, save_tiny_sd
 
     folder = Path(folder)
     if (folder / "model_index.json").exists():
@@ -121,6 +122,7 @@ def save_tiny_sd_512(folder: Path, seed: int = 0) -> Path:
         norm_num_groups=8,
         sample_size=512,
     )
+    calibrate_vae(vae, seed)  # as the test kit's tiny VAE
     vae.save_pretrained(tmp / "vae", safe_serialization=True)
     tmp.rename(folder)
     return folder
