@@ -321,6 +321,22 @@ class DreamBoothTrainer:
         return checkpoints.save_checkpoint(self.out / "checkpoints" / name, self.components.unet, te, meta)
 
     # -- loop --------------------------------------------------------------------------------
+    def train_step(self, generator: torch.Generator) -> Dict[str, float]:
+        """One optimiser step on a fresh batch; returns its losses (floats)."""
+        cfg = self.cfg
+        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
+        autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype and self.device.type == "cuda" else nullcontext()
+        with autocast:
+            losses = self.loss(self.sample_batch(generator), generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.item() for k, v in losses.items()}
+
     def train(self, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> TrainResult:
         """Run (or resume) to ``max_steps``; ``on_step(step, losses)`` is called after each step."""
         cfg = self.cfg
@@ -328,20 +344,9 @@ class DreamBoothTrainer:
         fingerprint = run_fingerprint(cfg, self.subject_paths)
         start, history = self._load_state(fingerprint, generator)
         ckpt_at = {s: n for n, s in cfg.checkpoint_steps.items()}
-        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
-        autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype and self.device.type == "cuda" else nullcontext())
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         bar = tqdm(range(start + 1, cfg.max_steps + 1), initial=start, total=cfg.max_steps, desc="DreamBooth")
         for step in bar:
-            with autocast:
-                losses = self.loss(self.sample_batch(generator), generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(losses["loss"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            record = {"step": step, **{k: v.item() for k, v in losses.items()}}
+            record = {"step": step, **self.train_step(generator)}
             if not math.isfinite(record["loss"]):
                 raise FloatingPointError(f"DreamBooth loss became {record['loss']} at step {step}; lower --lr.")
             history.append(record)
