@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from threestudio_dreambooth3d import checkpoints
-from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, DreamBoothTrainer, train_dreambooth
+from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, DreamBoothTrainer
 from threestudio_dreambooth3d.sampling import generate_images
 from threestudio_dreambooth3d.sd_models import load_sd_components
 from threestudio_dreambooth3d.testing import latent_distance_to_subject

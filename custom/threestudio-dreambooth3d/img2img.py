@@ -18,20 +18,11 @@ import torch.nn.functional as F
 def build_img2img_pipeline(components):
     """An img2img pipeline sharing ``components``' modules, with a DDIM sampler made
     from the model's own scheduler config (threestudio's choice of sampler)."""
-    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline
 
-    pipe = StableDiffusionImg2ImgPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=DDIMScheduler.from_config(components.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    from .sampling import make_pipeline
+
+    return make_pipeline(components, cls=StableDiffusionImg2ImgPipeline)
 
 
 def _resize(images: torch.Tensor, size) -> torch.Tensor:

@@ -61,8 +61,8 @@ def get_dummy_components(seed: int = 0, sample_size: int = 16, hidden_size: int 
     """
     import tempfile
 
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -92,28 +92,29 @@ def get_dummy_components(seed: int = 0, sample_size: int = 16, hidden_size: int 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp), model_max_length=77)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-    )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    text_encoder = _clip_text_encoder(tokenizer, vocab_size=len(tokenizer), hidden_size=hidden_size,
+                                      intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": _sd_scheduler()}
+
+
+def _clip_text_encoder(tokenizer, **sizes):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sizes,
+    ))
+
+
+def _sd_scheduler():
+    """Stable Diffusion's training noise schedule (scaled linear betas, epsilon prediction)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, steps_offset=1, prediction_type="epsilon")
 
 
 @torch.no_grad()
@@ -167,8 +168,8 @@ def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
     """
     import tempfile
 
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
 
     folder = Path(folder)
     if (folder / "model_index.json").exists():
@@ -202,31 +203,11 @@ def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp), model_max_length=77)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_attention_heads=16,
-            num_hidden_layers=23,
-            hidden_act="gelu",
-            projection_dim=512,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    text_encoder = _clip_text_encoder(tokenizer, vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+                                      num_attention_heads=16, num_hidden_layers=23, hidden_act="gelu",
+                                      projection_dim=512)
+    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+                  "scheduler": _sd_scheduler()}
     return _save_pipeline(components, folder)
 
 

@@ -7,7 +7,6 @@ Tests never import threestudio at module level: they take the ``threestudio`` fi
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
