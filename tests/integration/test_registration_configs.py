@@ -73,3 +73,20 @@ def test_baseline_is_plain_sds_with_the_full_model(threestudio, tmp_path):
     cfg = load_config(path, *overrides_for(path, tmp_path))
     assert cfg.system.stage == 1 and cfg.system.guidance.checkpoint_name == "full"
     assert cfg.system.loss.lambda_rec == 0 and cfg.data.pseudo_views_dir is None
+
+
+def test_magic3d_refinement_runs_on_our_guidance(threestudio, tmp_path):
+    """Mixing with threestudio's systems: Magic3D refinement parses with our guidance and prompt processor."""
+    path = CONFIGS / "mix" / "magic3d-refine-dreambooth.yaml"
+    cfg = load_config(path, *overrides_for(path, tmp_path), f"system.geometry_convert_from={tmp_path / 'last.ckpt'}")
+    assert threestudio.find(cfg.system_type) is threestudio.find("magic3d-system")
+    assert threestudio.find(cfg.system.guidance_type) is threestudio.find("dreambooth-sds-guidance")
+    assert threestudio.find(cfg.system.prompt_processor_type) is threestudio.find("dreambooth-prompt-processor")
+    OmegaConf.structured(threestudio.find(cfg.system_type).Config(**cfg.system))
+    guidance_cfg = OmegaConf.structured(threestudio.find("dreambooth-sds-guidance").Config(**cfg.system.guidance))
+    assert guidance_cfg.checkpoint_name == "multiview" and guidance_cfg.max_step_percent == 0.5
+    # the refinement mesh starts from our NeRF: same radius and hash-grid layout as stage 3
+    stage3 = load_config(CONFIGS / "dreambooth3d-stage3.yaml", *overrides_for(CONFIGS / "dreambooth3d-stage3.yaml", tmp_path))
+    assert cfg.system.geometry.radius == stage3.system.geometry.radius
+    for key in ("n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution", "per_level_scale"):
+        assert cfg.system.geometry.pos_encoding_config[key] == stage3.system.geometry.pos_encoding_config[key], key
