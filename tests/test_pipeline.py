@@ -382,6 +382,8 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio):
     assert Path(s1.system.guidance.checkpoint) == ctx.checkpoint("partial")
     assert Path(s2.system.guidance.checkpoint) == ctx.checkpoint("full")
     assert Path(s2.resume) == ctx.last_ckpt("stage1") and Path(s2.system.pseudo_views_dir) == ctx.pseudo_views_dir
+    # pseudo views are captioned with the subject, not the scene prompt: "a sks dog, back view"
+    assert s2.system.translation_prompt == f"a {ctx.identifier} {ctx.class_noun}" != ctx.prompt
     assert Path(s3.system.guidance.checkpoint) == ctx.multiview_dir / "checkpoints" / "multiview"
     assert Path(s3.data.pseudo_views_dir) == ctx.pseudo_views_dir and Path(s3.system.weights) == ctx.last_ckpt("stage1")
     assert Path(ex.resume) == ctx.last_ckpt("stage3") and ex.system.exporter_type == "mesh-exporter"

@@ -30,6 +30,9 @@ KEYS = {
     "checkpoint": "system.guidance.checkpoint",  # a checkpoint folder (holding dreambooth.json)
     "prompt": "system.prompt_processor.prompt",
     "pseudo_views_out": "system.pseudo_views_dir",  # stage 2 writes the pseudo-view set here
+    # stage 2 captions/translation prompts: the subject ("a sks dog, back view"), not the
+    # scene prompt, so the multi-view DreamBooth learns the subject's views (DESIGN.md)
+    "translation_prompt": "system.translation_prompt",
     "pseudo_views_in": "data.pseudo_views_dir",  # stage 3 reads it
     "init_weights": "system.weights",  # stage 3 starts from the stage-1 NeRF
 }
@@ -170,7 +173,8 @@ def launch_command(ctx: RunContext, step: str) -> Command:
         mode, config = "--test", ctx.configs_dir / p.configs["stage2"]
         dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("full")),
                                     dot("resume", ctx.last_ckpt("stage1")),
-                                    dot(KEYS["pseudo_views_out"], ctx.pseudo_views_dir)]
+                                    dot(KEYS["pseudo_views_out"], ctx.pseudo_views_dir),
+                                    dot(KEYS["translation_prompt"], ctx.instance_prompt)]
     elif step == "stage3":
         mode, config = "--train", ctx.configs_dir / p.configs["stage3"]
         dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview")),
