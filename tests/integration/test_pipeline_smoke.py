@@ -138,7 +138,8 @@ def test_checkpoints_and_pseudo_views_are_valid(smoke):
         assert any(k.startswith("geometry.") for k in state["state_dict"])
     views = read_pseudo_views(out / after["stage2"]["outputs"]["pseudo_views"])  # decodes every image
     assert len(views) >= 2 and views.images.shape[0] == len(views) and views.images.std() > 0
-    assert all(c.startswith("a sks dog wearing a hat, ") and c.endswith(" view") for c in views.captions)
+    # captioned with the subject, not the scene prompt (multi-view DreamBooth learns the subject)
+    assert all(c.startswith("a sks dog, ") and c.endswith(" view") for c in views.captions)
     with Image.open(out / after["stage2"]["outputs"]["contact_sheet"]) as sheet:
         sheet.load()
 
