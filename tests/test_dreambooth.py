@@ -64,7 +64,7 @@ def test_reloaded_checkpoint_reproduces_in_memory_model(tiny_sd_path, subject_di
     trainer.train()
     torch.manual_seed(0)
     x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
-    ids = trainer._tokenize(["a sks dog", "a dog"])
+    ids = trainer.components.tokenize(["a sks dog", "a dog"])
     with torch.no_grad():
         mem_emb = trainer.components.text_encoder(ids)[0]
         mem_out = trainer.components.unet(x, t, encoder_hidden_states=mem_emb).sample

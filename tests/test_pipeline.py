@@ -22,6 +22,7 @@ from threestudio_dreambooth3d.pipeline.context import RunContext
 from threestudio_dreambooth3d.pipeline.presets import get_preset
 from threestudio_dreambooth3d.pipeline.runner import Runner, StepFailedError, execute
 from threestudio_dreambooth3d.pipeline.steps import STEP_NAMES
+from threestudio_dreambooth3d.subject import sha256_files
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a sks dog wearing a hat"
@@ -186,10 +187,10 @@ def test_subject_hash_sees_bytes_and_names(tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     a.write_bytes(b"1")
     b.write_bytes(b"1")
-    assert mf.sha256_files([a]) != mf.sha256_files([b])  # renamed photo
-    before = mf.sha256_files([a])
+    assert sha256_files([a]) != sha256_files([b])  # renamed photo
+    before = sha256_files([a])
     a.write_bytes(b"2")
-    assert mf.sha256_files([a]) != before
+    assert sha256_files([a]) != before
 
 
 # -- a whole run, then reruns -----------------------------------------------------------------

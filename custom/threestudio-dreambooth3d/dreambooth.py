@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoints, lora
-from .sd_models import SDComponents, load_sd_components
-from .subject import load_captioned_images, load_subject_images
+from .sd_models import SDComponents, load_sd_components, resolve_device
+from .subject import load_images, load_subject_images, sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,13 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _file_digest(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).name.encode())
-        h.update(Path(p).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def run_fingerprint(cfg: DreamBoothConfig, subject_paths: Sequence[Path]) -> str:
     """What must match for a saved training state to be resumed."""
     d = asdict(cfg)
     for k in ("output_dir", "device", "save_state_every", "class_images_dir"):
         d.pop(k)
-    d["subject_digest"] = _file_digest(subject_paths)
-    d["extra_digest"] = _file_digest([p for p, _ in cfg.extra_images]) if cfg.extra_images else ""
+    d["subject_digest"] = sha256_files(subject_paths)
+    d["extra_digest"] = sha256_files([p for p, _ in cfg.extra_images])
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -147,7 +139,7 @@ class DreamBoothTrainer:
 
     def __init__(self, cfg: DreamBoothConfig, components: Optional[SDComponents] = None):
         self.cfg = cfg
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(cfg.device)
         self.out = Path(cfg.output_dir)
         self.components = components or load_sd_components(cfg.pretrained_model)
         self.components.to(self.device).freeze()
@@ -156,14 +148,14 @@ class DreamBoothTrainer:
         self.instance_pixels, self.subject_paths = load_subject_images(cfg.subject_dir, self.resolution)
         self.instance_prompts = [cfg.instance_prompt_text] * len(self.subject_paths)
         if cfg.extra_images:
-            self.instance_pixels = torch.cat([self.instance_pixels, load_captioned_images(cfg.extra_images, self.resolution)])
+            extra = load_images([p for p, _ in cfg.extra_images], self.resolution, min_side=1)
+            self.instance_pixels = torch.cat([self.instance_pixels, extra])
             self.instance_prompts += [c for _, c in cfg.extra_images]
         self.class_pixels = None
         if cfg.prior_preservation:
             class_paths = ensure_class_images(cfg, self.components)
-            self.class_pixels, _ = load_subject_images(class_paths[0].parent, self.resolution, min_side=1) if class_paths else (None, None)
-            if self.class_pixels is not None:
-                self.class_pixels = self.class_pixels[: cfg.num_class_images]
+            if class_paths:
+                self.class_pixels = load_images(class_paths, self.resolution, min_side=1)
         self._prepare_trainable()
         self._cache_inputs()
 
@@ -214,17 +206,12 @@ class DreamBoothTrainer:
             stds.append(dist.std.float())
         return torch.cat(means), torch.cat(stds)
 
-    def _tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
-        tok = self.components.tokenizer
-        return tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
-                   truncation=True, return_tensors="pt").input_ids.to(self.device)
-
     def _cache_inputs(self) -> None:
         self.inst_mean, self.inst_std = self._encode_pixels(self.instance_pixels)
-        self.inst_ids = self._tokenize(self.instance_prompts)
+        self.inst_ids = self.components.tokenize(self.instance_prompts)
         if self.class_pixels is not None:
             self.cls_mean, self.cls_std = self._encode_pixels(self.class_pixels)
-            self.cls_ids = self._tokenize([self.cfg.class_prompt_text])
+            self.cls_ids = self.components.tokenize([self.cfg.class_prompt_text])
         if not self.cfg.train_text_encoder:
             with torch.no_grad():
                 self.inst_emb = self.components.text_encoder(self.inst_ids)[0]

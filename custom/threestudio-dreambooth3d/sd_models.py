@@ -12,6 +12,11 @@ from typing import Optional, Union
 import torch
 
 
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """``device`` as given, else the GPU when there is one."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 @dataclass
 class SDComponents:
     tokenizer: object
@@ -44,17 +49,20 @@ class SDComponents:
             m.requires_grad_(False).eval()
         return self
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts, device=None) -> torch.Tensor:
-        """CLIP last hidden states [B, 77, D], as Stable Diffusion conditions on."""
-        ids = self.tokenizer(
+    def tokenize(self, prompts, device=None) -> torch.Tensor:
+        """Token ids [B, 77], padded as Stable Diffusion was trained."""
+        return self.tokenizer(
             list(prompts),
             padding="max_length",
             max_length=self.tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
         ).input_ids.to(device or self.text_encoder.device)
-        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts, device=None) -> torch.Tensor:
+        """CLIP last hidden states [B, 77, D], as Stable Diffusion conditions on."""
+        return self.text_encoder(self.tokenize(prompts, device))[0]
 
 
 def load_sd_components(

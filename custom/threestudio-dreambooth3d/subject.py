@@ -1,8 +1,9 @@
 """Subject photos in, model-ready tensors out, with errors that name the bad file."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -77,18 +78,30 @@ def to_tensor(img) -> torch.Tensor:
     return arr.permute(2, 0, 1).contiguous()
 
 
+def load_images(paths: Sequence[Union[str, Path]], resolution: int, min_side: int = MIN_SIDE) -> torch.Tensor:
+    """Photos as one [N, 3, R, R] tensor in [-1, 1]."""
+    return torch.stack([to_tensor(load_image(p, resolution, min_side)) for p in paths])
+
+
 def load_subject_images(
     folder: Union[str, Path], resolution: int, min_side: int = MIN_SIDE
 ) -> Tuple[torch.Tensor, List[Path]]:
     """All photos of a subject folder as one [N, 3, R, R] tensor in [-1, 1], plus their paths."""
     paths = list_subject_images(folder)
-    return torch.stack([to_tensor(load_image(p, resolution, min_side)) for p in paths]), paths
+    return load_images(paths, resolution, min_side), paths
 
 
-def load_captioned_images(
-    items: Sequence[Tuple[Union[str, Path], str]], resolution: int, min_side: int = 1
-) -> torch.Tensor:
-    return torch.stack([to_tensor(load_image(p, resolution, min_side)) for p, _ in items])
+def sha256_files(paths: Iterable[Union[str, Path]]) -> str:
+    """sha256 over file names and bytes, in the given order (renaming a photo counts as a change)."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def read_captioned_folder(folder: Union[str, Path]) -> List[Tuple[Path, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
 import torch
 
@@ -230,10 +230,6 @@ def make_subject_images(folder: Union[str, Path], n: int = 4, size: int = 64,
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = color
         Image.fromarray(img).save(folder / f"subject_{i:02d}.{ext}")
     return folder
-
-
-def default_device() -> Optional[str]:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def latent_distance_to_subject(latents: torch.Tensor, subject_latents: torch.Tensor) -> float:

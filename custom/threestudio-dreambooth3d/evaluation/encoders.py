@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..sd_models import resolve_device
 from .metrics import l2_normalize
 
 Source = Union[str, Path]
@@ -125,10 +126,6 @@ class ImagePreprocess:
         return (x - mean) / std
 
 
-def _default_device(device) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 class _ImageEncoder:
     model: torch.nn.Module
     preprocess: ImagePreprocess
@@ -165,7 +162,7 @@ class ClipEncoder(_ImageEncoder):
             tokenizer = AutoTokenizer.from_pretrained(str(source), **kw)
         except (OSError, ValueError) as e:
             raise _load_error("CLIP model", source, e) from e
-        model.to(_default_device(device), dtype).eval().requires_grad_(False)
+        model.to(resolve_device(device), dtype).eval().requires_grad_(False)
         return cls(model, tokenizer, ImagePreprocess.from_pretrained(source), str(source))
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -208,7 +205,7 @@ class DinoEncoder(_ImageEncoder):
             model = AutoModel.from_pretrained(str(source), **extra, **kw)
         except (OSError, ValueError) as e:
             raise _load_error("DINO model", source, e) from e
-        model.to(_default_device(device), dtype).eval().requires_grad_(False)
+        model.to(resolve_device(device), dtype).eval().requires_grad_(False)
         return cls(model, ImagePreprocess.from_pretrained(source), str(source))
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

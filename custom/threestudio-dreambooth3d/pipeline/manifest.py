@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "dreambooth3d-manifest/1"
@@ -44,19 +44,6 @@ def raise_if_disk_full(e: OSError, path: Union[str, Path]) -> None:
 def fingerprint(obj: Any) -> str:
     """sha256 of a JSON-able object in canonical form (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def sha256_files(paths: Iterable[Union[str, Path]]) -> str:
-    """sha256 over file names and bytes, in the given order (renaming a photo counts as a change)."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 @dataclass

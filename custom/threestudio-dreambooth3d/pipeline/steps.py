@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..subject import sha256_files
 from .artifacts import copy_into, latest, mesh_files, obj_to_glb
 from .commands import Command, finetune_command, launch_command
 from .context import RunContext
-from .manifest import sha256_files
 
 RunCommand = Callable[[Command], None]
 
