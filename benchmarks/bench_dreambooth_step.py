@@ -94,7 +94,7 @@ class ReEncodingLoop:
 
 def write_class_images(folder: Path, n: int, size: int) -> Path:
     """Stand-in prior images named as the trainer caches them, so no sampling is needed."""
-    from threestudio_dreambooth3d.testing import make_subject_images
+    from threestudio_dreambooth3d.tiny_models.sd import make_subject_images
 
     if len(list(folder.glob("class_*.png"))) >= n:
         return folder
@@ -113,9 +113,9 @@ def main(argv=None) -> dict:
     device = common.setup(args)
     model = common.resolve_model(args.model, args.models_dir)
 
-    from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, DreamBoothTrainer
-    from threestudio_dreambooth3d.sd_models import load_sd_components
-    from threestudio_dreambooth3d.testing import make_subject_images
+    from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, DreamBoothTrainer
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
+    from threestudio_dreambooth3d.tiny_models.sd import make_subject_images
 
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench-dreambooth-")
     work = Path(args.workdir or tmp.name)

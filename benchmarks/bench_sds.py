@@ -30,7 +30,7 @@ import common  # noqa: E402
 
 def import_threestudio(device: torch.device):
     """threestudio with our adapters registered; CPU mode only on a CPU run."""
-    from threestudio_dreambooth3d import cpu_compat
+    from threestudio_dreambooth3d.cpu import compat as cpu_compat
 
     root = cpu_compat.find_threestudio_root()
     if root is None:
@@ -41,7 +41,7 @@ def import_threestudio(device: torch.device):
             sys.path.insert(0, str(root))
         import threestudio
 
-        from threestudio_dreambooth3d.threestudio_ext import register
+        from threestudio_dreambooth3d.registration import register
 
         register()
     else:
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = common.setup(args)
     model = common.resolve_model(args.model, args.models_dir)
-    from threestudio_dreambooth3d.sd_models import load_sd_components
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
     resolution = load_sd_components(model).resolution
     if resolution != 512:

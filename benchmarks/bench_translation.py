@@ -1,6 +1,6 @@
 """Seconds and peak memory to translate a stage-2 orbit: batched over views vs one call per view.
 
-Both variants are ``threestudio_dreambooth3d.img2img.translate`` (SDEdit through
+Both variants are ``threestudio_dreambooth3d.core.img2img.translate`` (SDEdit through
 diffusers' img2img pipeline) on the same components, views, prompts and per-view seeds;
 they differ only in how many views share one pipeline call: ``--batch-sizes`` views
 (stage 2's config uses 4) against 1. One step translates all ``--views`` renders.
@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
         sys.exit("--batch-sizes must list positive integers, e.g. 4,16")
     model = common.resolve_model(args.model, args.models_dir)
 
-    from threestudio_dreambooth3d.img2img import translate
-    from threestudio_dreambooth3d.sd_models import load_sd_components
+    from threestudio_dreambooth3d.core.img2img import translate
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32  # as the guidance loads it
     components = load_sd_components(model, device=device, dtype=dtype).freeze()

@@ -6,7 +6,7 @@ after ``warmup`` untimed ones) so that load from other processes hits both alike
 
 Models (``--model``):
 
-* ``tiny``: the 32 px random test model of ``threestudio_dreambooth3d.testing``;
+* ``tiny``: the 32 px random test model of ``threestudio_dreambooth3d.tiny_models.sd``;
 * ``tiny-512``: the same tiny widths with Stable Diffusion's geometry (VAE downsampling
   8x, 64x64 latents, 512 px images), for code that hard-codes SD's 512 px (threestudio's
   stock guidance does);
@@ -85,7 +85,7 @@ def setup(args: argparse.Namespace) -> torch.device:
 # -- models ------------------------------------------------------------------------------------
 def resolve_model(model: str, models_dir: Path) -> str:
     """A loadable model folder (or hub id) for ``--model``, building random models once."""
-    from threestudio_dreambooth3d import testing
+    from threestudio_dreambooth3d.tiny_models import sd as testing
 
     models_dir = Path(models_dir)
     if model == "tiny":
@@ -106,7 +106,7 @@ def save_tiny_sd_512(folder: Path, seed: int = 0) -> Path:
     """The tiny test model with SD's geometry: 64x64 latents, a VAE that downsamples 8x (512 px)."""
     from diffusers import AutoencoderKL
 
-    from threestudio_dreambooth3d.testing import calibrate_vae, save_tiny_sd
+    from threestudio_dreambooth3d.tiny_models.sd import calibrate_vae, save_tiny_sd
 
     folder = Path(folder)
     if (folder / "model_index.json").exists():

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_sd_path(tmp_path_factory) -> Path:
     """A tiny random Stable Diffusion saved in diffusers layout; loaded back by path."""
-    from threestudio_dreambooth3d.testing import save_tiny_sd
+    from threestudio_dreambooth3d.tiny_models.sd import save_tiny_sd
 
     return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
 
@@ -21,7 +21,7 @@ def tiny_sd_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def subject_dir(tmp_path_factory) -> Path:
     """Four synthetic photos of a red disc on white: an easy-to-measure 'subject'."""
-    from threestudio_dreambooth3d.testing import make_subject_images
+    from threestudio_dreambooth3d.tiny_models.sd import make_subject_images
 
     return make_subject_images(tmp_path_factory.mktemp("subject") / "red_disc", n=4, size=64)
 
@@ -48,7 +48,7 @@ def personalised(tiny_sd_path, subject_dir, tmp_path_factory):
     """
     import torch
 
-    from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, train_dreambooth
+    from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, train_dreambooth
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("personalised")
@@ -61,8 +61,8 @@ def subject_latents(tiny_sd_path, subject_dir):
     """Scaled VAE latents of the subject photos, [N, 4, 16, 16]: where personalised samples should land."""
     import torch
 
-    from threestudio_dreambooth3d.sd_models import load_sd_components
-    from threestudio_dreambooth3d.subject import load_subject_images
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
+    from threestudio_dreambooth3d.core.subject import load_subject_images
 
     comps = load_sd_components(tiny_sd_path)
     pixels, _ = load_subject_images(subject_dir, comps.resolution)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from threestudio_dreambooth3d import cameras as C
+from threestudio_dreambooth3d.core import cameras as C
 
 
 def test_azimuth_zero_is_on_plus_x_looking_at_the_origin_with_z_up():

@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from threestudio_dreambooth3d import checkpoints
-from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, DreamBoothTrainer
-from threestudio_dreambooth3d.sampling import generate_images
-from threestudio_dreambooth3d.sd_models import load_sd_components
-from threestudio_dreambooth3d.testing import latent_distance_to_subject
+from threestudio_dreambooth3d.core import checkpoints
+from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, DreamBoothTrainer
+from threestudio_dreambooth3d.core.sampling import generate_images
+from threestudio_dreambooth3d.core.sd_models import load_sd_components
+from helpers import latent_distance_to_subject
 
 
 def make_cfg(tiny_sd_path, subject_dir, out, **kw):
@@ -151,7 +151,7 @@ def test_multiview_finetune_continues_from_checkpoint_with_captions(personalised
     for i, view in enumerate(["front", "back"]):
         Image.new("RGB", (32, 32), (200, 40, 40)).save(views / f"view_{i:03d}.png")
         (views / f"view_{i:03d}.txt").write_text(f"a sks dog, {view} view")
-    from threestudio_dreambooth3d.subject import read_captioned_folder
+    from threestudio_dreambooth3d.core.subject import read_captioned_folder
 
     cfg = make_cfg(tiny_sd_path, subject_dir, tmp_path / "mv", init_checkpoint=str(personalised.checkpoints["full"]),
                    extra_images=read_captioned_folder(views), lora_rank=8, checkpoint_steps={"multiview": 6})

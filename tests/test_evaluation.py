@@ -21,7 +21,7 @@ from threestudio_dreambooth3d.evaluation.run_eval import (
     EVAL_JSON, GRID_PNG, EvalConfig, EvalInputError, candidate_prompts, clip_text_prompt,
     default_distractors, evaluate, find_run_views, read_distractors,
 )
-from threestudio_dreambooth3d.evaluation.testing import build_tiny_clip, save_tiny_clip, save_tiny_dino
+from threestudio_dreambooth3d.tiny_models.clip import build_tiny_clip, save_tiny_clip, save_tiny_dino
 
 PROMPT = "a sks dog wearing a hat"
 DISTRACTORS = ["a purple cat", "a red backpack", "a photo of the toy"]

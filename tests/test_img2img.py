@@ -5,8 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from threestudio_dreambooth3d import img2img, sds
-from threestudio_dreambooth3d.sd_models import load_sd_components
+from threestudio_dreambooth3d.core import img2img
+
+from threestudio_dreambooth3d.core import sds
+from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
 STEPS = 20  # DDIM steps; strength 0.05 is then a single step from t = 1
 

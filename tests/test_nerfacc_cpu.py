@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from threestudio_dreambooth3d import nerfacc_cpu as nc
+from threestudio_dreambooth3d.cpu import nerfacc as nc
 
 # three rays with 3, 2 and 2 samples, the example nerfacc's own docstrings use
 RAY_INDICES = torch.tensor([0, 0, 0, 1, 1, 2, 2])

@@ -5,7 +5,7 @@ import types
 import pytest
 import torch
 
-from threestudio_dreambooth3d import nvdiffrast_cpu as dr
+from threestudio_dreambooth3d.cpu import nvdiffrast as dr
 
 
 def _clip(xy, z=0.0, w=1.0):
@@ -61,9 +61,9 @@ def test_nearest_triangle_wins_whatever_the_drawing_order():
 
 
 def test_install_fills_only_a_stand_in(monkeypatch):
-    from threestudio_dreambooth3d.cpu_compat import _StandIn
+    from threestudio_dreambooth3d.cpu.standin import StandIn
 
-    stand_in = _StandIn("nvdiffrast.torch")
+    stand_in = StandIn("nvdiffrast.torch")
     monkeypatch.setitem(sys.modules, "nvdiffrast.torch", stand_in)
     assert dr.install()
     assert stand_in.rasterize is dr.rasterize and stand_in.RasterizeGLContext is dr.RasterizeCPUContext

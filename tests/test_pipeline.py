@@ -22,7 +22,7 @@ from threestudio_dreambooth3d.pipeline.context import RunContext
 from threestudio_dreambooth3d.pipeline.presets import get_preset
 from threestudio_dreambooth3d.pipeline.runner import Runner, StepFailedError, execute
 from threestudio_dreambooth3d.pipeline.steps import STEP_NAMES
-from threestudio_dreambooth3d.subject import sha256_files
+from threestudio_dreambooth3d.core.subject import sha256_files
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a sks dog wearing a hat"
@@ -87,8 +87,8 @@ class FakeExecutor:
         elif "--test" in argv:
             import torch
 
-            from threestudio_dreambooth3d.cameras import orbit_cameras
-            from threestudio_dreambooth3d.pseudo_views import write_pseudo_views
+            from threestudio_dreambooth3d.core.cameras import orbit_cameras
+            from threestudio_dreambooth3d.core.pseudo_views import write_pseudo_views
 
             prompt = dot.system.prompt_processor.prompt
             write_pseudo_views(dot.system.pseudo_views_dir, torch.rand(3, 16, 16, 3), orbit_cameras(3, height=16, width=16),
@@ -395,7 +395,7 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio):
 def test_smoke_runs_launch_py_through_the_cpu_wrapper_with_tiny_configs(make_ctx, fake_threestudio):
     ctx = make_ctx(overrides={"stage1": ["system.guidance.guidance_scale=50"]})
     cmd = commands.launch_command(ctx, "stage1")
-    assert cmd.argv[:3] == [ctx.python, "-m", "threestudio_dreambooth3d.cpu_compat"]
+    assert cmd.argv[:3] == [ctx.python, "-m", "threestudio_dreambooth3d.cpu.compat"]
     assert cmd.argv[3:6] == ["--threestudio-root", str(fake_threestudio), str(fake_threestudio / "launch.py")]
     assert cmd.argv[cmd.argv.index("--config") + 1].endswith("dreambooth3d-stage1-tiny-cpu.yaml")
     assert _dotlist(cmd).system.guidance.guidance_scale == 50  # user override, last so it wins
@@ -513,7 +513,7 @@ def test_default_preset_without_gpu_points_to_smoke(make_ctx, monkeypatch):
 
 
 def test_set_overrides_parse_per_step():
-    from threestudio_dreambooth3d.pipeline.cli_run import parse_set
+    from threestudio_dreambooth3d.cli.run import parse_set
 
     assert parse_set(["stage1:trainer.max_steps=5000", "mesh:system.exporter.texture_size=2048"]) == {
         "stage1": ["trainer.max_steps=5000"], "export": ["system.exporter.texture_size=2048"]}

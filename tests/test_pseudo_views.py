@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from threestudio_dreambooth3d import cameras as C
-from threestudio_dreambooth3d import pseudo_views as pv
+from threestudio_dreambooth3d.core import cameras as C
+from threestudio_dreambooth3d.core import pseudo_views as pv
 
 N, H, W = 6, 12, 16
 
@@ -56,7 +56,7 @@ def test_round_trip_is_exact_and_keeps_the_cameras(tmp_path, view_set):
 
 
 def test_the_dreambooth_trainer_reads_the_images_folder(tmp_path, view_set):
-    from threestudio_dreambooth3d.subject import read_captioned_folder
+    from threestudio_dreambooth3d.core.subject import read_captioned_folder
 
     images, _, cams, captions = view_set
     folder = pv.write_pseudo_views(tmp_path / "pseudo", images, cams, captions)

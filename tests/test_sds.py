@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from threestudio_dreambooth3d import sds
-from threestudio_dreambooth3d.sd_models import load_sd_components
+from threestudio_dreambooth3d.core import sds
+from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
 PROMPT = "a sks dog"
 
@@ -242,7 +242,7 @@ def test_sds_pulls_toward_the_subject_the_model_was_personalised_on(personalised
     checkpoint and "a sks dog" moves the image toward the subject photos; the base model
     does not. Guidance scale 1 (the pure conditional score): the CFG extrapolation of a
     random tiny model, trained 300 steps, points nowhere in particular."""
-    from threestudio_dreambooth3d.testing import latent_distance_to_subject
+    from helpers import latent_distance_to_subject
 
     init = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from threestudio_dreambooth3d.subject import (
+from threestudio_dreambooth3d.core.subject import (
     SubjectImageError,
     load_image,
     load_subject_images,

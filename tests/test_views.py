@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from threestudio_dreambooth3d import cameras, views
+from threestudio_dreambooth3d.core import cameras
+
+from threestudio_dreambooth3d.core import views
 
 
 def _threestudio_direction_idx(ele, azi, front=45.0, back=45.0, overhead=60.0):

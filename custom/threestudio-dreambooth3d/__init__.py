@@ -3,7 +3,11 @@
 Two ways in, one module: ``pip install -e .`` imports this folder as
 ``threestudio_dreambooth3d``; threestudio's launch.py loads it from ./custom under
 the folder name ``threestudio-dreambooth3d``. threestudio's registry refuses a name
-twice, so under any other name this file only re-exports the canonical package.
+twice, so under any other name this file aliases the canonical package.
+
+Importing the package (or any core module) never imports threestudio. The adapters
+register when launch.py loads ``custom/`` (the branch below) or on an explicit
+:func:`register` call.
 """
 import importlib.util
 import os
@@ -22,14 +26,13 @@ if __name__ != CANONICAL_NAME:
         sys.modules[CANONICAL_NAME] = _module
         _spec.loader.exec_module(_module)
     sys.modules[__name__] = sys.modules[CANONICAL_NAME]
+    # loaded by threestudio's launch.py: threestudio is importable, register the adapters
+    sys.modules[CANONICAL_NAME].register()
 else:
     __version__ = "0.1.0"
 
-    def threestudio_available() -> bool:
-        return importlib.util.find_spec("threestudio") is not None
+    def register() -> None:
+        """Register the threestudio adapters (imports threestudio; idempotent)."""
+        from .registration import register as _register
 
-    if threestudio_available():
-        # Registers dreambooth-sds-guidance, the prompt processor, the datamodule and
-        # dreambooth3d-system. Errors propagate: a broken threestudio must not look
-        # like a missing one.
-        from . import threestudio_ext  # noqa: F401
+        _register()

@@ -20,7 +20,7 @@ CONFIGS = REPO / "configs"
 def _setup_threestudio():
     """(threestudio module, None) or (None, why it is unavailable)."""
     try:
-        from threestudio_dreambooth3d import cpu_compat
+        from threestudio_dreambooth3d.cpu import compat as cpu_compat
     except ImportError as e:  # pragma: no cover - the package is installed for every test run
         return None, f"threestudio_dreambooth3d not importable: {e}"
     root = cpu_compat.find_threestudio_root()
@@ -34,7 +34,7 @@ def _setup_threestudio():
             sys.path.insert(0, str(root))
         import threestudio
 
-        from threestudio_dreambooth3d.threestudio_ext import register
+        from threestudio_dreambooth3d.registration import register
 
         register()
     else:
@@ -75,7 +75,7 @@ def dreambooth_run(tiny_sd_path, subject_dir, tmp_path_factory):
     ``checkpoints/full`` (step 2). Training the text encoder makes its weights differ
     from the base model's, which the prompt processor must pick up.
     """
-    from threestudio_dreambooth3d.dreambooth import DreamBoothConfig, train_dreambooth
+    from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, train_dreambooth
 
     out = tmp_path_factory.mktemp("dreambooth_run")
     cfg = DreamBoothConfig(

@@ -11,8 +11,8 @@ TINY = dict(width=32, height=32, eval_height=32, eval_width=32, camera_distance_
 @pytest.fixture(scope="module")
 def pseudo_set(tmp_path_factory):
     """Six 48px pseudo views (random colours, masks) at orbit cameras: larger than the 32px renders."""
-    from threestudio_dreambooth3d import cameras
-    from threestudio_dreambooth3d.pseudo_views import write_pseudo_views
+    from threestudio_dreambooth3d.core import cameras
+    from threestudio_dreambooth3d.core.pseudo_views import write_pseudo_views
 
     torch.manual_seed(0)
     cams = cameras.orbit_cameras(6, [0.0, 30.0], 2.0, 60.0, 48, 48)
@@ -50,7 +50,7 @@ def test_pseudo_view_rays_colours_and_mask_come_from_the_stored_camera(threestud
     import torch.nn.functional as F
 
     from threestudio.utils.ops import get_ray_directions, get_rays
-    from threestudio_dreambooth3d.pseudo_views import read_pseudo_views
+    from threestudio_dreambooth3d.core.pseudo_views import read_pseudo_views
 
     dm = threestudio.find("pseudo-multiview-datamodule")({**TINY, "pseudo_views_dir": str(pseudo_set)})
     dm.setup("fit")

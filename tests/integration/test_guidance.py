@@ -36,7 +36,7 @@ def test_sds_loss_is_finite_and_its_gradient_reaches_the_render(threestudio, tin
 
 
 def test_t_range_follows_threestudio_schedules(threestudio, tiny_sd_path, dreambooth_run, in_tmp_project, monkeypatch):
-    from threestudio_dreambooth3d import sds
+    from threestudio_dreambooth3d.core import sds
 
     # C() schedules as threestudio writes them: max_step_percent 0.98 -> 0.5 over steps 0..100
     g = make_guidance(threestudio, tiny_sd_path, dreambooth_run, max_step_percent=[0, 0.98, 0.5, 100],
@@ -57,8 +57,8 @@ def test_t_range_follows_threestudio_schedules(threestudio, tiny_sd_path, dreamb
 
 def test_guidance_is_the_core_sds_on_base_plus_checkpoint(threestudio, tiny_sd_path, dreambooth_run, guidance, in_tmp_project):
     """Same seed, same render: the guidance's loss is the core's on load_sd_components(model, checkpoint)."""
-    from threestudio_dreambooth3d import sds
-    from threestudio_dreambooth3d.sd_models import load_sd_components
+    from threestudio_dreambooth3d.core import sds
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
     prompt_utils = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
     guidance.update_step(0, 0)
@@ -80,7 +80,7 @@ def test_guidance_is_the_core_sds_on_base_plus_checkpoint(threestudio, tiny_sd_p
 
 
 def test_prompt_processor_embeds_with_the_checkpoints_text_encoder(threestudio, tiny_sd_path, dreambooth_run, in_tmp_project):
-    from threestudio_dreambooth3d.sd_models import load_sd_components
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
     ours = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run, name="full", use_cache=True)()
     front = ours.prompts_vd.index("a sks dog, front view")
@@ -101,7 +101,7 @@ def test_prompt_processor_embeds_with_the_checkpoints_text_encoder(threestudio, 
 
 
 def test_translate_is_batched_img2img_with_the_full_model(threestudio, tiny_sd_path, dreambooth_run):
-    from threestudio_dreambooth3d import img2img
+    from threestudio_dreambooth3d.core import img2img
 
     g = make_guidance(threestudio, tiny_sd_path, dreambooth_run, name="full", translation_steps=4, translation_batch_size=2)
     renders = torch.rand(3, 3, 24, 24)
@@ -115,7 +115,7 @@ def test_translate_is_batched_img2img_with_the_full_model(threestudio, tiny_sd_p
 
 
 def test_checkpoint_errors_name_the_fix(threestudio, dreambooth_run):
-    from threestudio_dreambooth3d.threestudio_ext.guidance import resolve_checkpoint
+    from threestudio_dreambooth3d.guidance.dreambooth_sds_guidance import resolve_checkpoint
 
     assert resolve_checkpoint(str(dreambooth_run), "full") == dreambooth_run / "checkpoints" / "full"
     assert resolve_checkpoint(str(dreambooth_run / "checkpoints" / "partial"), "ignored") == dreambooth_run / "checkpoints" / "partial"

@@ -126,8 +126,8 @@ def test_checkpoints_and_pseudo_views_are_valid(smoke):
     import torch
     from PIL import Image
 
-    from threestudio_dreambooth3d.checkpoints import read_meta
-    from threestudio_dreambooth3d.pseudo_views import read_pseudo_views
+    from threestudio_dreambooth3d.core.checkpoints import read_meta
+    from threestudio_dreambooth3d.core.pseudo_views import read_pseudo_views
 
     out, after = smoke["out"], smoke["after"]
     for name in ("partial", "full"):

@@ -22,7 +22,9 @@ ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 def test_our_modules_are_registered(threestudio):
     for name in OUR_NAMES:
         cls = threestudio.find(name)
-        assert cls.__module__.startswith("threestudio_dreambooth3d.threestudio_ext"), (name, cls.__module__)
+        package, role = cls.__module__.split(".")[:2]
+        assert package == "threestudio_dreambooth3d", (name, cls.__module__)
+        assert role in ("guidance", "prompt_processors", "data", "systems"), (name, cls.__module__)
 
 
 def overrides_for(path: Path, tmp_path: Path):
@@ -45,7 +47,7 @@ def test_config_parses_with_threestudio_loader(threestudio, path, tmp_path):
     sys_cfg = threestudio.find(cfg.system_type).Config
     # the system's and datamodule's structured configs accept every key the file sets
     OmegaConf.structured(sys_cfg(**cfg.system))
-    from threestudio_dreambooth3d.threestudio_ext.datamodule import PseudoMultiviewDataModuleConfig
+    from threestudio_dreambooth3d.data.pseudo_multiview import PseudoMultiviewDataModuleConfig
 
     OmegaConf.structured(PseudoMultiviewDataModuleConfig(**cfg.data))
     # the prompt processor follows the guidance's model and checkpoint

@@ -111,8 +111,10 @@ def test_stage1_trains_one_sds_step_and_writes_the_turntable(threestudio, stage1
 def test_stage2_writes_a_complete_pseudo_view_set_of_the_stage1_nerf(threestudio, stage1, stage2):
     from PIL import Image
 
-    from threestudio_dreambooth3d import cameras, views
-    from threestudio_dreambooth3d.pseudo_views import read_pseudo_views
+    from threestudio_dreambooth3d.core import cameras
+
+    from threestudio_dreambooth3d.core import views
+    from threestudio_dreambooth3d.core.pseudo_views import read_pseudo_views
 
     s = read_pseudo_views(stage2)
     assert len(s) == 4 and s.images.shape == (4, 32, 32, 3)

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..sd_models import resolve_device
+from ..core.sd_models import resolve_device
 from .metrics import l2_normalize
 
 Source = Union[str, Path]

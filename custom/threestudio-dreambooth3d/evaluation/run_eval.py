@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from ..subject import IMAGE_EXTENSIONS, list_subject_images, load_image
-from . import DEFAULT_CLIP_MODELS, DEFAULT_DINO_MODEL
+from ..core.subject import IMAGE_EXTENSIONS, list_subject_images, load_image
+from . import DEFAULT_CLIP_MODELS
+from . import DEFAULT_DINO_MODEL
 from .metrics import mean_pairwise_similarity, r_precision, true_prompt_ranks
 
 EVAL_JSON = "eval.json"

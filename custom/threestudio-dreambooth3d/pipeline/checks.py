@@ -30,7 +30,7 @@ def check_prompt(prompt: str, identifier: str, class_noun: str) -> Optional[str]
 
 def check_subject(folder: Path) -> List[str]:
     """Open every photo now (errors name the file and the fix); warnings for an unusual count."""
-    from ..subject import MIN_SIDE, list_subject_images, load_image
+    from ..core.subject import MIN_SIDE, list_subject_images, load_image
 
     photos = list_subject_images(folder)
     for p in photos:

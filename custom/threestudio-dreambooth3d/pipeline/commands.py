@@ -190,8 +190,8 @@ def launch_command(ctx: RunContext, step: str) -> Command:
     launch = str(ctx.threestudio_root / "launch.py")
     args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
     if p.cpu:
-        # same launch.py, on the CPU (see threestudio_dreambooth3d.cpu_compat)
-        argv = [ctx.python, "-m", "threestudio_dreambooth3d.cpu_compat",
+        # same launch.py, on the CPU (see threestudio_dreambooth3d.cpu.compat)
+        argv = [ctx.python, "-m", "threestudio_dreambooth3d.cpu.compat",
                 "--threestudio-root", str(ctx.threestudio_root), launch, *args]
     else:
         argv = [ctx.python, launch, *args]

@@ -6,7 +6,7 @@ hyperparameters live in the threestudio configs, as a threestudio user expects; 
 only picks the configs and adds dotlist overrides.
 
 ``smoke`` runs every stage on a CPU in a few minutes with the tiny random SD from
-``threestudio_dreambooth3d.testing`` and the CPU configs: a set-up check before spending
+``threestudio_dreambooth3d.tiny_models.sd`` and the CPU configs: a set-up check before spending
 GPU hours, and what the end-to-end test runs. Its pictures are noise by design.
 """
 from __future__ import annotations

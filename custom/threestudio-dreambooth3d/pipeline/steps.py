@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..subject import sha256_files
+from ..core.subject import sha256_files
 from .artifacts import copy_into, latest, mesh_files, obj_to_glb
 from .commands import Command, finetune_command, launch_command
 from .context import RunContext
@@ -29,7 +29,7 @@ def _file_hash(path: Path) -> str:
 
 
 def subject_photos(ctx: RunContext) -> List[Path]:
-    from ..subject import list_subject_images
+    from ..core.subject import list_subject_images
 
     return list_subject_images(ctx.subject)
 
@@ -138,7 +138,7 @@ class Stage2(ThreestudioStage):
         return super().work_paths(ctx) + [ctx.pseudo_views_dir, ctx.results_dir / "pseudo_views.png"]
 
     def collect(self, ctx):
-        from ..pseudo_views import CONTACT_SHEET, read_pseudo_views
+        from ..core.pseudo_views import CONTACT_SHEET, read_pseudo_views
 
         read_pseudo_views(_expect(ctx.pseudo_views_dir, "pseudo-view set", self.name, ctx))  # complete and readable
         sheet = copy_into(ctx.pseudo_views_dir / CONTACT_SHEET, ctx.results_dir / "pseudo_views.png")

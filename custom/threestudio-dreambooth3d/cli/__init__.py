@@ -11,9 +11,9 @@ import sys
 from typing import List, Optional
 
 SUBCOMMANDS = {
-    "finetune": "threestudio_dreambooth3d.cli_finetune",
-    "run": "threestudio_dreambooth3d.pipeline.cli_run",
-    "eval": "threestudio_dreambooth3d.evaluation.cli_eval",
+    "finetune": "threestudio_dreambooth3d.cli.finetune",
+    "run": "threestudio_dreambooth3d.cli.run",
+    "eval": "threestudio_dreambooth3d.cli.eval",
 }
 
 

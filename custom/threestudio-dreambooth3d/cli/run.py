@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from .context import RunContext, slug
-from .presets import PRESETS, get_preset
-from .steps import STEP_NAMES, step_name
+from ..pipeline.context import RunContext, slug
+from ..pipeline.presets import PRESETS, get_preset
+from ..pipeline.steps import STEP_NAMES, step_name
 
 
 def parse_set(items: List[str]) -> Dict[str, List[str]]:
@@ -59,14 +59,14 @@ def _warn(msg: str) -> None:
 
 
 def build_context(args: argparse.Namespace) -> RunContext:
-    from .commands import locate_configs, locate_threestudio
+    from ..pipeline.commands import locate_configs, locate_threestudio
 
     preset = get_preset(args.preset)
     overrides = parse_set(args.overrides)
     out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
     model = args.model or preset.model
     if model is None:
-        from ..testing import save_tiny_sd
+        from ..tiny_models.sd import save_tiny_sd
 
         model = str(save_tiny_sd(out.resolve() / "models" / "tiny-sd"))
     return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
@@ -76,9 +76,9 @@ def build_context(args: argparse.Namespace) -> RunContext:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checks import check_configs, check_machine, check_prompt, check_subject
-    from .commands import prepare_workspace
-    from .runner import Runner, format_elapsed
+    from ..pipeline.checks import check_configs, check_machine, check_prompt, check_subject
+    from ..pipeline.commands import prepare_workspace
+    from ..pipeline.runner import Runner, format_elapsed
 
     if args.start_from:
         args.start_from = step_name(args.start_from)

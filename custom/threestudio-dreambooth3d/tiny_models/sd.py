@@ -230,9 +230,3 @@ def make_subject_images(folder: Union[str, Path], n: int = 4, size: int = 64,
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = color
         Image.fromarray(img).save(folder / f"subject_{i:02d}.{ext}")
     return folder
-
-
-def latent_distance_to_subject(latents: torch.Tensor, subject_latents: torch.Tensor) -> float:
-    """Mean over samples of the MSE to the nearest subject latent: how 'subject-like' samples are."""
-    d = ((latents[:, None] - subject_latents[None]) ** 2).mean(dim=(2, 3, 4))
-    return d.min(dim=1).values.mean().item()

@@ -17,7 +17,7 @@ when a config only uses pure-torch networks:
 threestudio is imported. It is never called implicitly: a GPU run goes through
 threestudio untouched. Stand-in modules are installed only when the real module is
 not importable, and every attribute a config would actually need from them raises an
-error that says so. ``python -m threestudio_dreambooth3d.cpu_compat launch.py ARGS``
+error that says so. ``python -m threestudio_dreambooth3d.cpu.compat launch.py ARGS``
 runs threestudio's launch.py in CPU mode (what the smoke preset calls).
 """
 from __future__ import annotations
@@ -35,32 +35,19 @@ from typing import List, Optional, Union
 
 import torch
 
+from .standin import StandIn
+
 log = logging.getLogger(__name__)
 
 CUDA_ONLY_MODULES = ("tinycudann", "nvdiffrast", "nvdiffrast.torch", "envlight")
 _ENABLED = False
 
 
-class _StandIn(types.ModuleType):
-    """A module that imports fine and explains itself when anything real is asked of it."""
-
-    def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise AttributeError(
-            f"{self.__name__}.{name} is not available: {self.__name__} is not installed and "
-            "threestudio_dreambooth3d.cpu_compat put a stand-in in its place so threestudio can "
-            "be imported on a CPU. Use a CPU config (pure-torch encodings such as "
-            "ProgressiveBandFrequency with VanillaMLP, the nerf-volume-renderer) or install "
-            f"{self.__name__.split('.')[0]} on a CUDA machine."
-        )
-
-
 class _MissingRasterizerContext:
     def __init__(self, *args, **kwargs) -> None:
         raise RuntimeError(
             "nvdiffrast is not installed (cpu_compat stand-in): threestudio's mesh rasterisation needs it. "
-            "On a CPU, threestudio_dreambooth3d.nvdiffrast_cpu.install() provides the ops the mesh exporter uses."
+            "On a CPU, threestudio_dreambooth3d.cpu.nvdiffrast.install() provides the ops the mesh exporter uses."
         )
 
 
@@ -78,7 +65,7 @@ def install_stand_ins() -> List[str]:
     for name in CUDA_ONLY_MODULES:
         if name in sys.modules or _importable(name):
             continue
-        module = _StandIn(name)
+        module = StandIn(name)
         module.__path__ = []  # lets ``import nvdiffrast.torch`` resolve the child
         module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)  # find_spec() works
         sys.modules[name] = module
@@ -184,7 +171,8 @@ def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None
     if str(root) not in sys.path and importlib.util.find_spec("threestudio") is None:
         sys.path.insert(0, str(root))
     stand_ins = install_stand_ins()
-    from . import nerfacc_cpu, nvdiffrast_cpu
+    from . import nerfacc as nerfacc_cpu
+    from . import nvdiffrast as nvdiffrast_cpu
 
     nerfacc_cpu.install()
     nvdiffrast_cpu.install()  # threestudio's mesh exporter rasterises even for a NeRF
@@ -193,13 +181,13 @@ def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None
     patch_threestudio_device()
     _ENABLED = True
     log.info("threestudio CPU mode (stand-ins for %s)", ", ".join(stand_ins) or "nothing")
-    from .threestudio_ext import register
+    from ..registration import register
 
     register()
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """``python -m threestudio_dreambooth3d.cpu_compat [--threestudio-root DIR] launch.py ARGS``.
+    """``python -m threestudio_dreambooth3d.cpu.compat [--threestudio-root DIR] launch.py ARGS``.
 
     Runs threestudio's launch.py in CPU mode from the current folder (launch.py loads
     ``./custom``, so run it from this project's root). A bare ``launch.py`` is looked up
@@ -212,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if argv[:1] == ["--threestudio-root"]:
         root, argv = argv[1], argv[2:]
     if not argv or not argv[0].endswith(".py"):
-        raise SystemExit("usage: python -m threestudio_dreambooth3d.cpu_compat [--threestudio-root DIR] launch.py ARGS...")
+        raise SystemExit("usage: python -m threestudio_dreambooth3d.cpu.compat [--threestudio-root DIR] launch.py ARGS...")
     enable_cpu_mode(root)
     script = Path(argv[0])
     if not script.is_file():
@@ -224,6 +212,6 @@ def main(argv: Optional[List[str]] = None) -> None:
 if __name__ == "__main__":
     # run the imported module's main, not this __main__ copy: module state and the
     # stand-in class must be the ones the rest of the package sees
-    from threestudio_dreambooth3d.cpu_compat import main as _main
+    from threestudio_dreambooth3d.cpu.compat import main as _main
 
     _main()

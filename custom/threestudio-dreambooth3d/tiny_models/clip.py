@@ -12,7 +12,7 @@ from typing import Union
 
 import torch
 
-from ..testing import write_tiny_clip_tokenizer
+from .sd import write_tiny_clip_tokenizer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8

@@ -32,7 +32,7 @@ from threestudio.data.uncond import (
 )
 from threestudio.utils.config import parse_structured
 
-from .. import cameras
+from ..core import cameras
 
 
 @dataclass
@@ -88,7 +88,7 @@ class PseudoViews:
     """A pseudo-view set loaded once, with rays and colours precomputed at the render size."""
 
     def __init__(self, folder: str, height: int, width: int, rays_d_normalize: bool = True) -> None:
-        from ..pseudo_views import read_pseudo_views
+        from ..core.pseudo_views import read_pseudo_views
 
         views = read_pseudo_views(folder)
         # the stored c2w and fovy, at the size stage 3 renders: same camera, fewer pixels

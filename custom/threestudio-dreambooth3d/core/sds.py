@@ -213,7 +213,7 @@ def score_distillation(
 ) -> Dict[str, Any]:
     """One SDS evaluation as threestudio's guidance ``__call__`` does it.
 
-    ``components`` is an :class:`~threestudio_dreambooth3d.sd_models.SDComponents`
+    ``components`` is an :class:`~threestudio_dreambooth3d.core.sd_models.SDComponents`
     (base model plus any DreamBooth weights); ``rgb`` is [B, H, W, C] as threestudio
     renderers give it: colours in [0, 1] (upsampled to the model resolution and
     encoded) or, with ``rgb_as_latents``, 4 latent channels (resized to the latent

@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import DEFAULT_CLIP_MODELS, DEFAULT_DINO_MODEL
+from ..evaluation import DEFAULT_CLIP_MODELS
+from ..evaluation import DEFAULT_DINO_MODEL
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .run_eval import EvalConfig
+    from ..evaluation.run_eval import EvalConfig
 
     dino = None if str(args.dino_model).lower() in ("", "none") else args.dino_model
     return EvalConfig(
@@ -59,7 +60,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .run_eval import evaluate, format_table
+    from ..evaluation.run_eval import evaluate, format_table
 
     results = evaluate(config_from_args(args))
     print(format_table(results))
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (``python -m threestudio_dreambooth3d.evaluation.cli_eval``)."""
-    from ..cli import main as cli_main
+    """Stand-alone entry (``python -m threestudio_dreambooth3d.cli.eval``)."""
+    from . import main as cli_main
 
     return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 

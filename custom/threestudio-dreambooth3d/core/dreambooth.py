@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoints, lora
+from . import checkpoints
+from . import lora
 from .sd_models import SDComponents, load_sd_components, resolve_device
 from .subject import load_images, load_subject_images, sha256_files
 

@@ -25,8 +25,8 @@ import threestudio
 from threestudio.models.prompt_processors.base import PromptProcessor, hash_prompt
 from threestudio.utils.misc import cleanup
 
-from ..checkpoints import read_meta
-from .guidance import resolve_checkpoint
+from ..core.checkpoints import read_meta
+from ..guidance.dreambooth_sds_guidance import resolve_checkpoint
 
 
 def text_encoder_key(model: str, checkpoint: Optional[Path]) -> str:
@@ -42,7 +42,7 @@ def text_encoder_key(model: str, checkpoint: Optional[Path]) -> str:
 @torch.no_grad()
 def embed_prompts(model: str, checkpoint: Optional[Path], prompts: List[str], device) -> torch.Tensor:
     """CLIP hidden states [N, 77, D] from the checkpoint's (or the base's) text encoder."""
-    from ..sd_models import load_sd_components
+    from ..core.sd_models import load_sd_components
 
     comps = load_sd_components(model, checkpoint=checkpoint)
     comps.text_encoder.to(device).eval()

@@ -21,6 +21,8 @@ from typing import Sequence, Tuple, Union
 
 import torch
 
+from .standin import StandIn
+
 
 class RasterizeCPUContext:
     """Takes the place of nvdiffrast's RasterizeGLContext and RasterizeCudaContext."""
@@ -99,10 +101,8 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
 
 def install() -> bool:
     """Fill cpu_compat's nvdiffrast stand-in with these ops; False when a real nvdiffrast is loaded."""
-    from .cpu_compat import _StandIn
-
     module = sys.modules.get("nvdiffrast.torch")
-    if not isinstance(module, _StandIn):
+    if not isinstance(module, StandIn):
         return False
     module.RasterizeGLContext = module.RasterizeCudaContext = RasterizeCPUContext
     module.rasterize, module.interpolate = rasterize, interpolate

@@ -117,7 +117,7 @@ class DreamBooth3DSystem(DreamFusion):
         self.write_pseudo_views(self._pseudo_renders)
 
     def translation_prompts(self, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor) -> List[str]:
-        from .. import views
+        from ..core import views
 
         prompt = self.cfg.translation_prompt or self.cfg.prompt_processor.prompt
         if not self.cfg.view_dependent_translation:
@@ -126,7 +126,7 @@ class DreamBooth3DSystem(DreamFusion):
 
     def write_pseudo_views(self, renders: List[Dict[str, torch.Tensor]]):
         """Translate the collected renders (one batched img2img pass) and write the set."""
-        from ..pseudo_views import write_pseudo_views
+        from ..core.pseudo_views import write_pseudo_views
 
         cat = {k: torch.cat([r[k] for r in renders]) for k in renders[0]}
         prompts = self.translation_prompts(cat["elevation"], cat["azimuth"])

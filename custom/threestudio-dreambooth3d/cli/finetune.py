@@ -62,8 +62,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .dreambooth import DreamBoothConfig, train_dreambooth
-    from .subject import read_captioned_folder
+    from ..core.dreambooth import DreamBoothConfig, train_dreambooth
+    from ..core.subject import read_captioned_folder
 
     extra = [(str(p), c) for p, c in read_captioned_folder(args.extra_images)] if args.extra_images else []
     cfg = DreamBoothConfig(

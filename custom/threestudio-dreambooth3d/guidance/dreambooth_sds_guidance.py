@@ -20,8 +20,8 @@ from threestudio.models.guidance.stable_diffusion_guidance import StableDiffusio
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.base import BaseObject
 
-from .. import sds
-from ..checkpoints import is_checkpoint, read_meta
+from ..core import sds
+from ..core.checkpoints import is_checkpoint, read_meta
 
 
 def resolve_checkpoint(checkpoint: Optional[str], name: Optional[str] = None) -> Optional[Path]:
@@ -82,7 +82,7 @@ class DreamBoothSDSGuidance(BaseObject):
     update_step = StableDiffusionGuidance.update_step
 
     def configure(self) -> None:
-        from ..sd_models import load_sd_components
+        from ..core.sd_models import load_sd_components
 
         self.checkpoint_path = resolve_checkpoint(self.cfg.checkpoint, self.cfg.checkpoint_name)
         if self.checkpoint_path is not None:
@@ -165,7 +165,7 @@ class DreamBoothSDSGuidance(BaseObject):
         seed: int = 0,
     ) -> torch.Tensor:
         """img2img (SDEdit) of renders [N, 3, H, W] in [0, 1] with one prompt each, in batches."""
-        from .. import img2img
+        from ..core import img2img
 
         return img2img.translate(
             self.components,

@@ -1,0 +1,23 @@
+"""The stand-in module class shared by the CPU compat layer and the pure-torch op modules.
+
+Its own module so ``compat`` (which installs stand-ins) and ``nvdiffrast``/``tinycudann``
+fallbacks (which fill them) both import it without importing each other.
+"""
+from __future__ import annotations
+
+import types
+
+
+class StandIn(types.ModuleType):
+    """A module that imports fine and explains itself when anything real is asked of it."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{self.__name__}.{name} is not available: {self.__name__} is not installed and "
+            "threestudio_dreambooth3d.cpu.compat put a stand-in in its place so threestudio can "
+            "be imported on a CPU. Use a CPU config (pure-torch encodings such as "
+            "ProgressiveBandFrequency with VanillaMLP, the nerf-volume-renderer) or install "
+            f"{self.__name__.split('.')[0]} on a CUDA machine."
+        )

@@ -1,0 +1,16 @@
+"""Registers the threestudio adapters: ``dreambooth-sds-guidance``, ``dreambooth-prompt-processor``,
+``pseudo-multiview-datamodule`` and ``dreambooth3d-system``.
+
+Nothing registers on import of :mod:`threestudio_dreambooth3d`: the core never imports
+threestudio. :func:`register` runs when threestudio's launch.py loads ``custom/`` (the
+package ``__init__`` under its folder name), when ``cpu.compat.enable_cpu_mode()`` has made
+threestudio importable on a CPU, or when a user calls it.
+"""
+
+
+def register() -> None:
+    """Import the adapter modules so their ``@threestudio.register`` decorators run (idempotent)."""
+    from .data import pseudo_multiview  # noqa: F401
+    from .guidance import dreambooth_sds_guidance  # noqa: F401
+    from .prompt_processors import dreambooth_prompt_processor  # noqa: F401
+    from .systems import dreambooth3d_system  # noqa: F401
