@@ -31,7 +31,10 @@ setup(
         "imageio-ffmpeg",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        # submitit: the sweep's cluster path is tested with its local executor
+        "test": ["pytest>=7", "pytest-timeout", "submitit>=1.5"],
+        # `dreambooth3d sweep --executor slurm`
+        "cluster": ["submitit>=1.5"],
         # what threestudio itself needs beyond the above is installed with threestudio
         "threestudio": ["pytorch-lightning", "nerfacc", "xatlas"],
     },

@@ -28,6 +28,30 @@ def test_loads_all_images_centre_cropped_to_resolution(tmp_path):
     assert pixels[0].mean() > 0.95  # the crop kept the white centre only
 
 
+def test_large_jpeg_is_decoded_reduced_and_matches_a_full_decode(tmp_path, monkeypatch):
+    """DreamBooth-dataset photos are up to 2048 px: JPEG draft mode decodes them at a fraction
+    of the size (much less work and memory), with the same picture after the resize."""
+    h, w = 1536, 2048
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 90)], -1).astype(np.uint8)
+    arr[h // 2 - 200:h // 2 + 200, w // 2 - 200:w // 2 + 200] = (250, 20, 20)  # a red square in the centre
+    path = _save(tmp_path / "big.jpg", arr, quality=95)
+    with Image.open(path) as im:  # reference: full decode, centre square, resize
+        full = im.convert("RGB")
+    left = (w - h) // 2
+    reference = np.asarray(full.crop((left, 0, left + h, h)).resize((64, 64), Image.BICUBIC), np.float32)
+
+    resized_from = []
+    real_resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized_from.append(self.size) or
+                        real_resize(self, *a, **k))
+    got = np.asarray(load_image(path, resolution=64), np.float32)
+    assert got.shape == (64, 64, 3)
+    assert max(resized_from[-1]) <= h // 4  # decoded at 1/4 scale or less, not 2048 px
+    assert np.abs(got - reference).mean() < 4.0  # the same picture
+    assert tuple(got[32, 32].round()) == pytest.approx((250, 20, 20), abs=12)
+
+
 def test_rgba_is_composited_on_white(tmp_path):
     arr = np.zeros((64, 64, 4), np.uint8)
     arr[..., 0] = 255  # red but fully transparent everywhere...

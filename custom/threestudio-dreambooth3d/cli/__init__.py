@@ -1,4 +1,4 @@
-"""``dreambooth3d`` command line: finetune, run (whole pipeline), eval.
+"""``dreambooth3d`` command line: finetune, run (whole pipeline), eval, sweep (many runs + a report).
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
 ``run(args)``; this file only wires them so ``--help`` stays fast.
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "finetune": "threestudio_dreambooth3d.cli.finetune",
     "run": "threestudio_dreambooth3d.cli.run",
     "eval": "threestudio_dreambooth3d.cli.eval",
+    "sweep": "threestudio_dreambooth3d.cli.sweep",
 }
 
 

@@ -44,6 +44,11 @@ def load_image(path: Union[str, Path], resolution: Optional[int], min_side: int 
     path = Path(path)
     try:
         with Image.open(path) as im:
+            full_size = im.size
+            if resolution is not None and im.format == "JPEG":
+                # decode a 2048-px photo at 1/2, 1/4 or 1/8 scale straight from the DCT (the result stays
+                # at least resolution x resolution, so the centre square is still resized down, never up)
+                im.draft("RGB", (resolution, resolution))
             im.load()
             img = ImageOps.exif_transpose(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
@@ -52,9 +57,9 @@ def load_image(path: Union[str, Path], resolution: Optional[int], min_side: int 
         raise SubjectImageError(
             f"{path} has unsupported image mode {img.mode!r} (16-bit or float). Save it as 8-bit RGB or RGBA (PNG/JPEG)."
         )
-    if min(img.size) < min_side:
+    if min(full_size) < min_side:  # the photo's own size, not the reduced decode's
         raise SubjectImageError(
-            f"{path} is {img.size[0]}x{img.size[1]} pixels; the shorter side must be at least {min_side}. "
+            f"{path} is {full_size[0]}x{full_size[1]} pixels; the shorter side must be at least {min_side}. "
             "Use a larger photo."
         )
     if img.mode in ("RGBA", "LA", "P"):
