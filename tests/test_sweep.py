@@ -322,6 +322,49 @@ def test_submitit_local_executor_runs_cells_as_jobs(tmp_path, monkeypatch):
     assert result["report"]["counts"] == {DONE: 1, FAILED: 1}
 
 
+def test_rerun_reattaches_to_a_slurm_job_still_running_instead_of_submitting_again(tmp_path):
+    pytest.importorskip("submitit")
+    from threestudio_dreambooth3d.sweep.executors import SubmititExecutor
+
+    cells = _plan(tmp_path, methods=("dreambooth3d",))[:3]
+    states = {"41": "RUNNING", "42": "COMPLETED", "43": "PENDING"}
+    by_job = {}
+
+    class FakeSlurmJob:  # what submitit.SlurmJob(folder, job_id) answers, without a cluster
+        def __init__(self, folder, job_id):
+            self.job_id, self.state = job_id, states.get(job_id, "PENDING")
+            self.paths = type("P", (), {"stderr": Path(folder.replace("%j", job_id)) / "log.err"})()
+
+        def done(self):
+            return True
+
+        def result(self):
+            return _finish(by_job[self.job_id])
+
+    ex = SubmititExecutor(tmp_path / "submitit", "local")
+    ex._job_class = FakeSlurmJob  # as with cluster="slurm"
+    submitted = []
+
+    def fake_submit(fn, cell, gpu):
+        submitted.append(cell.key)
+        job = FakeSlurmJob(str(ex.folder / "%j"), str(100 + len(submitted)))
+        by_job[job.job_id] = cell
+        return job
+
+    ex.executor.submit = fake_submit
+    # job 41: this cell, still running -> attach; job 42: ended without a result -> submit anew;
+    # job 43: pending, but for other inputs (the plan changed) -> submit anew
+    ex.jobs_file.write_text(json.dumps({cells[0].key: {"job_id": "41", "fingerprint": cells[0].fingerprint},
+                                        cells[1].key: {"job_id": "42", "fingerprint": cells[1].fingerprint},
+                                        cells[2].key: {"job_id": "43", "fingerprint": "old"}}))
+    by_job["41"] = cells[0]
+    records = run_cells(cells, ex, poll_s=0)
+    assert submitted == [cells[1].key, cells[2].key]
+    assert all(r["status"] == DONE for r in records.values()) and len(records) == 3
+    jobs = json.loads(ex.jobs_file.read_text())
+    assert jobs[cells[1].key]["job_id"] == "101" and jobs[cells[0].key]["job_id"] == "41"
+
+
 # --- report -------------------------------------------------------------------------------
 
 def test_mean_std_by_hand():

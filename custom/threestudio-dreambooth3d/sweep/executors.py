@@ -15,6 +15,7 @@ the rest.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import time
@@ -27,6 +28,7 @@ from .plan import FAILED, Cell
 
 CellFunction = Callable[[Cell, Optional[str]], Dict[str, Any]]
 QUEUED = "queued"
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
 def visible_gpus() -> List[str]:
@@ -129,12 +131,36 @@ class SubmititExecutor:
         if params:
             self.executor.update_parameters(**params)
         self.slots = max_parallel
+        # Slurm jobs outlive the process that submitted them: a rerun re-attaches to a cell's
+        # job that is still queued or running instead of starting a second one on the same folder
+        self.jobs_file = self.folder / "jobs.json"
+        self._job_class = submitit.SlurmJob if cluster == "slurm" else None
 
     def describe(self) -> str:
         return f"submitit ({self.cluster}), job logs under {self.folder}"
 
+    def _jobs(self) -> Dict[str, Dict[str, str]]:
+        try:
+            return json.loads(self.jobs_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
     def submit(self, fn: CellFunction, cell: Cell) -> _Handle:
-        return _JobHandle(self.executor.submit(fn, cell, None))
+        job = self.executor.submit(fn, cell, None)
+        if self._job_class is not None:
+            jobs = self._jobs()
+            jobs[cell.key] = {"job_id": str(job.job_id), "fingerprint": cell.fingerprint}
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.jobs_file.write_text(json.dumps(jobs, indent=2))
+        return _JobHandle(job)
+
+    def attach(self, cell: Cell) -> Optional[_Handle]:
+        """The cell's earlier Slurm job, if it is still queued or running for the same inputs."""
+        entry = self._jobs().get(cell.key) if self._job_class is not None else None
+        if not entry or entry.get("fingerprint") != cell.fingerprint:
+            return None
+        job = self._job_class(folder=str(self.folder / "%j"), job_id=entry["job_id"])
+        return _JobHandle(job) if str(job.state).upper() in SLURM_ACTIVE else None
 
     def close(self) -> None:
         pass
@@ -154,10 +180,13 @@ def run_cells(cells: Sequence[Cell], executor, fn: CellFunction = run_cell, prog
         while todo or inflight:
             while todo and len(inflight) < limit:
                 cell = todo.pop(0)
-                # "queued" replaces an old failure: the progress line tells queued from running
-                write_record(cell, {"key": cell.key, "status": QUEUED, "fingerprint": cell.fingerprint,
-                                    "seed": cell.seed, "log": str(cell.log_path)})
-                inflight[cell.key] = (cell, executor.submit(fn, cell))
+                handle = executor.attach(cell) if hasattr(executor, "attach") else None
+                if handle is None:
+                    # "queued" replaces an old failure: the progress line tells queued from running
+                    write_record(cell, {"key": cell.key, "status": QUEUED, "fingerprint": cell.fingerprint,
+                                        "seed": cell.seed, "log": str(cell.log_path)})
+                    handle = executor.submit(fn, cell)
+                inflight[cell.key] = (cell, handle)
             for key, (cell, handle) in list(inflight.items()):
                 if not handle.done():
                     continue
