@@ -483,6 +483,8 @@ def test_cli_dry_run_lists_cells_and_bad_input_fails_before_any_work(tmp_path, c
     ):
         assert main(base + extra) == 2
         assert re.search(message, capsys.readouterr().err), extra
+    assert main(["sweep", "--out", str(tmp_path / "sweep")]) == 2
+    assert "--dataset DIR (DreamBooth layout) or --subject FOLDER:CLASS" in capsys.readouterr().err
     (root / "dog" / "notes.docx").write_text("x")
     assert main(base) == 2
     assert "notes.docx is not an image" in capsys.readouterr().err

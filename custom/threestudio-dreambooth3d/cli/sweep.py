@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "(mean ± std over subjects), per-subject CSV/JSON and OUT/report/index.html. Rerunning the same command "
         "skips finished cells and retries failed or missing ones; an interrupted cell resumes from its run's manifest.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of them is required, except with --report-only
     src.add_argument("--dataset", help="DreamBooth-dataset-style folder: <subject>/*.jpg + prompts_and_classes.txt "
                      "(a checkout of github.com/google/dreambooth works, or its dataset/ folder)")
     src.add_argument("--subject", dest="subject_specs", action="append", metavar="FOLDER:CLASS",
@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # every check before any work: subjects and photos, prompts, methods, threestudio, configs
+    if not args.dataset and not args.subject_specs:
+        raise ValueError("pass the subjects: --dataset DIR (DreamBooth layout) or --subject FOLDER:CLASS ...")
     subjects, prompts = _subjects_and_prompts(args)
     photos = {s.name: sha256_files(list_subject_images(s.folder)) for s in subjects}
     offered = run_methods()
