@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from threestudio_dreambooth3d.cli import main as cli_main
-from threestudio_dreambooth3d.evaluation.encoders import ClipEncoder, DinoEncoder, ImagePreprocess, ModelLoadError
+from threestudio_dreambooth3d.evaluation.encoders import ClipEncoder, DinoEncoder, ModelLoadError, load_image_processor
 from threestudio_dreambooth3d.evaluation.metrics import mean_pairwise_similarity, r_precision, true_prompt_ranks
 from threestudio_dreambooth3d.evaluation.run_eval import (
     EVAL_JSON, GRID_PNG, EvalConfig, EvalInputError, candidate_prompts, clip_text_prompt,
@@ -80,15 +80,31 @@ def test_mean_pairwise_similarity_by_hand():
 
 # --- encoders --------------------------------------------------------------------------
 
-def test_preprocess_matches_the_transformers_processor(tiny_clip, tiny_dino):
+def test_preprocess_is_the_transformers_pil_processor(tiny_clip, tiny_dino, monkeypatch):
+    """Encoders preprocess with transformers' own PIL-backend processor, asked for by name,
+    so the numbers do not depend on whether torchvision is installed (it is with threestudio)."""
+    import transformers
     from transformers import AutoImageProcessor
 
-    images = [_noise_image(0, (50, 40)), _noise_image(1, (30, 70))]  # landscape and portrait
-    for folder in (tiny_clip, tiny_dino):
-        ours = ImagePreprocess.from_pretrained(folder)(images)
-        theirs = AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")["pixel_values"]
+    pil = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
+    images = [_noise_image(0, (50, 40)), _noise_image(1, (30, 70)).convert("RGBA")]  # landscape, portrait+alpha
+    for folder, encoder in ((tiny_clip, ClipEncoder), (tiny_dino, DinoEncoder)):
+        enc = encoder.load(folder, device="cpu")
+        assert not type(enc.processor).__name__.endswith("Fast")
+        if hasattr(transformers, "image_processing_backends"):  # transformers 5
+            assert isinstance(enc.processor, transformers.image_processing_backends.PilBackend)
+        ours = enc.preprocess(images)
+        reference = AutoImageProcessor.from_pretrained(folder, **pil)
+        theirs = reference(images=[i.convert("RGB") for i in images], return_tensors="pt")["pixel_values"]
         assert ours.shape == theirs.shape == (2, 3, 32, 32)
-        assert torch.allclose(ours, theirs, atol=1e-5)
+        assert torch.equal(ours, theirs)
+
+    # the backend is requested explicitly, also where only PIL is installed and auto would pick it
+    seen = []
+    real = AutoImageProcessor.from_pretrained
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    load_image_processor(tiny_clip)
+    assert seen and all(kw.items() >= pil.items() for kw in seen)
 
 
 def test_identical_images_give_similarity_one(tiny_clip, tiny_dino):

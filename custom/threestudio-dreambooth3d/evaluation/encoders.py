@@ -1,16 +1,12 @@
 """CLIP and DINO encoders from a hub id or a local folder, giving L2-normalised embeddings.
 
-Preprocessing is done here with PIL + torch from the settings in the model's
-``preprocessor_config.json`` (resize, centre crop, rescale, normalise), rather than by
-calling the transformers image processor: transformers 5 picks a torchvision or a PIL
-backend depending on what is installed, and the two resize slightly differently. Doing
-it ourselves gives the same numbers on every machine.
+Images are preprocessed by transformers' own image processor of the model, always its PIL
+backend (see ``_pil_backend_kwargs``): the same numbers with or without torchvision.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Union
 
 import torch
 
@@ -41,95 +37,42 @@ def _load_error(what: str, source: Source, err: Exception) -> ModelLoadError:
     )
 
 
-def _size_pair(size) -> Tuple[Optional[int], Optional[int], Optional[int]]:
-    """(height, width, shortest_edge) from a transformers size dict or SizeDict."""
-    get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
-    return get("height"), get("width"), get("shortest_edge")
+def _pil_backend_kwargs() -> dict:
+    """The keyword that asks transformers for its PIL image processor.
+
+    transformers picks a torchvision backend when torchvision is installed (as it is with
+    threestudio's requirements) and a PIL one otherwise; the two resize slightly
+    differently. Asking for PIL every time gives the same numbers on every machine and
+    needs no torchvision. transformers 5 spells it ``backend="pil"``; 4.x ``use_fast=False``.
+    """
+    import transformers
+
+    return {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
 
 
-@dataclass
-class ImagePreprocess:
-    """Resize (to a fixed size or shortest edge), optional centre crop, normalise."""
+def load_image_processor(source: Source):
+    """transformers' own (PIL-backend) image processor of ``source``: resize, crop, normalise."""
+    from transformers import AutoImageProcessor
 
-    resize_hw: Optional[Tuple[int, int]] = None  # exact (height, width)
-    shortest_edge: Optional[int] = None  # or: scale so the short side has this length
-    crop_hw: Optional[Tuple[int, int]] = None
-    resample: int = 3  # PIL's BICUBIC, CLIP's choice
-    mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    try:
+        return AutoImageProcessor.from_pretrained(str(source), **_load_kwargs(source), **_pil_backend_kwargs())
+    except (OSError, ValueError) as e:
+        raise _load_error("image processor", source, e) from e
 
-    @classmethod
-    def from_pretrained(cls, source: Source) -> "ImagePreprocess":
-        """Read the settings of ``source``'s image processor.
 
-        The processor class is loaded (not used) because it alone knows what a legacy
-        integer ``size`` means: the shortest edge for CLIP and DINOv2, a square for ViT.
-        """
-        import transformers
-        from transformers import AutoImageProcessor
-
-        kw = _load_kwargs(source)
-        if int(transformers.__version__.split(".")[0]) >= 5:
-            kw["backend"] = "pil"  # needs no torchvision; only its settings are read
-        try:
-            proc = AutoImageProcessor.from_pretrained(str(source), **kw)
-        except (OSError, ValueError) as e:
-            raise _load_error("image processor", source, e) from e
-        h, w, short = _size_pair(proc.size) if getattr(proc, "do_resize", True) else (None, None, None)
-        crop = None
-        if getattr(proc, "do_center_crop", False) and getattr(proc, "crop_size", None) is not None:
-            ch, cw, _ = _size_pair(proc.crop_size)
-            crop = (int(ch), int(cw))
-        normalize = getattr(proc, "do_normalize", True)
-        return cls(
-            resize_hw=(int(h), int(w)) if h and w else None,
-            shortest_edge=int(short) if short else None,
-            crop_hw=crop,
-            resample=int(getattr(proc, "resample", 3)),
-            mean=tuple(proc.image_mean) if normalize else (0.0, 0.0, 0.0),
-            std=tuple(proc.image_std) if normalize else (1.0, 1.0, 1.0),
-        )
-
-    def _resize(self, img):
-        if self.resize_hw is not None:
-            return img.resize((self.resize_hw[1], self.resize_hw[0]), resample=self.resample)
-        if self.shortest_edge is not None:
-            w, h = img.size
-            scale = self.shortest_edge / min(w, h)
-            # transformers rounds the long side down (int), as we do
-            size = (self.shortest_edge, int(h * scale)) if w <= h else (int(w * scale), self.shortest_edge)
-            return img.resize(size, resample=self.resample)
-        return img
-
-    def _center_crop(self, img):
-        if self.crop_hw is None:
-            return img
-        ch, cw = self.crop_hw
-        w, h = img.size
-        left, top = (w - cw) // 2, (h - ch) // 2
-        return img.crop((left, top, left + cw, top + ch))  # pads with black if smaller, as transformers
-
-    def __call__(self, images: Sequence) -> torch.Tensor:
-        """PIL images (any size/mode) -> float tensor [N, 3, H, W]."""
-        import numpy as np
-
-        arrays = [
-            np.asarray(self._center_crop(self._resize(img.convert("RGB"))), dtype=np.float32) / 255.0
-            for img in images
-        ]
-        shapes = {a.shape for a in arrays}
-        if len(shapes) != 1:
-            raise ValueError(f"preprocessing gave images of different sizes {sorted(shapes)}; the model needs a crop size")
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (x - mean) / std
+def preprocess_images(processor, images: Sequence) -> torch.Tensor:
+    """PIL images (any size/mode) -> float tensor [N, 3, H, W] via ``processor``."""
+    rgb = [img.convert("RGB") for img in images]
+    return processor(images=rgb, return_tensors="pt")["pixel_values"]
 
 
 class _ImageEncoder:
     model: torch.nn.Module
-    preprocess: ImagePreprocess
+    processor: object  # a transformers image processor, PIL backend (load_image_processor)
     device: torch.device
+
+    def preprocess(self, images: Sequence) -> torch.Tensor:
+        return preprocess_images(self.processor, images)
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -148,8 +91,8 @@ class _ImageEncoder:
 class ClipEncoder(_ImageEncoder):
     """CLIP image and text towers with their projections: embeddings in the joint space."""
 
-    def __init__(self, model, tokenizer, preprocess: ImagePreprocess, source: str):
-        self.model, self.tokenizer, self.preprocess, self.source = model, tokenizer, preprocess, source
+    def __init__(self, model, tokenizer, processor, source: str):
+        self.model, self.tokenizer, self.processor, self.source = model, tokenizer, processor, source
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -163,7 +106,7 @@ class ClipEncoder(_ImageEncoder):
         except (OSError, ValueError) as e:
             raise _load_error("CLIP model", source, e) from e
         model.to(resolve_device(device), dtype).eval().requires_grad_(False)
-        return cls(model, tokenizer, ImagePreprocess.from_pretrained(source), str(source))
+        return cls(model, tokenizer, load_image_processor(source), str(source))
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # vision_model + visual_projection spelled out: get_image_features returns a
@@ -189,8 +132,8 @@ class ClipEncoder(_ImageEncoder):
 class DinoEncoder(_ImageEncoder):
     """A self-supervised ViT (DINO ViTModel or DINOv2 Dinov2Model): the final CLS token."""
 
-    def __init__(self, model, preprocess: ImagePreprocess, source: str):
-        self.model, self.preprocess, self.source = model, preprocess, source
+    def __init__(self, model, processor, source: str):
+        self.model, self.processor, self.source = model, processor, source
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -206,7 +149,7 @@ class DinoEncoder(_ImageEncoder):
         except (OSError, ValueError) as e:
             raise _load_error("DINO model", source, e) from e
         model.to(resolve_device(device), dtype).eval().requires_grad_(False)
-        return cls(model, ImagePreprocess.from_pretrained(source), str(source))
+        return cls(model, load_image_processor(source), str(source))
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
