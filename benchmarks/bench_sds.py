@@ -6,7 +6,7 @@ it on a rendered batch [B, H, W, 3] (requires grad) with threestudio's prompt ut
 backpropagate ``loss_sds`` to the render. Both run with their default settings (fp16
 weights on CUDA, fp32 on CPU; guidance scale 100; t in [0.02, 0.98]; view-dependent
 prompts). Needs threestudio: ``$THREESTUDIO_ROOT`` or an installed package. On a CPU,
-``cpu_compat.enable_cpu_mode()`` makes it importable.
+``cpu.compat.enable()`` makes it importable.
 
 threestudio's guidance always resizes renders to 512 px before the VAE, so the model
 must be 512 px native for both to run the same UNet at the same size: on a CPU use
@@ -36,17 +36,9 @@ def import_threestudio(device: torch.device):
     if root is None:
         sys.exit("threestudio not found: set THREESTUDIO_ROOT to a threestudio checkout (the folder holding "
                  "launch.py) or pip install threestudio.")
-    if device.type == "cuda":
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-        import threestudio
+    cpu_compat.enable(root, cpu=device.type != "cuda")
+    import threestudio
 
-        from threestudio_dreambooth3d.registration import register
-
-        register()
-    else:
-        cpu_compat.enable_cpu_mode(root)
-        import threestudio
     return threestudio
 
 

@@ -124,3 +124,39 @@ def test_install_routes_cpu_tensors_through_the_fallback():
     # pure-torch parts of nerfacc keep working alongside
     acc = nerfacc.accumulate_along_rays(w, None, ray_indices=RAY_INDICES, n_rays=3)
     assert acc.shape == (3, 1)
+
+
+class FakeCudaTensor:
+    """Only ``is_cuda`` is read by the dispatch: stands in for a CUDA tensor on a machine without a GPU."""
+
+    is_cuda = True
+
+
+def test_cuda_tensors_take_the_fallback_when_nerfacc_kernels_cannot_load(monkeypatch):
+    def kernel(*args, **kwargs):
+        return "kernel"
+
+    def pure_torch(*args, **kwargs):
+        return "torch"
+
+    dispatch = nc._kernel_or_torch(kernel, pure_torch)
+    scan = nc._packed_scan(kernel, pure_torch)
+    info = torch.tensor([[0, 1]])
+    monkeypatch.setattr(nc, "_CUDA_KERNELS", False)  # the extension failed to build
+    assert dispatch(FakeCudaTensor()) == "torch" and scan(FakeCudaTensor(), info) == "torch"
+    assert dispatch(torch.zeros(1)) == "torch"
+    monkeypatch.setattr(nc, "_CUDA_KERNELS", True)  # it loads: CUDA tensors keep nerfacc's kernels
+    assert dispatch(FakeCudaTensor()) == "kernel" and scan(FakeCudaTensor(), info) == "kernel"
+    assert dispatch(torch.zeros(1)) == "torch" and scan(torch.zeros(1), info) == "torch"
+    assert scan(torch.zeros(1), None) == "kernel"  # unpacked scans are nerfacc's own torch code
+
+
+def test_kernel_probe_warns_once_when_the_extension_is_missing(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(nc, "_CUDA_KERNELS", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = nc.cuda_kernels_available(), nc.cuda_kernels_available()
+    assert first == second
+    assert len([w for w in caught if "pure-torch" in str(w.message)]) == (0 if first else 1)

@@ -3,8 +3,8 @@
 
 Nothing registers on import of :mod:`threestudio_dreambooth3d`: the core never imports
 threestudio. :func:`register` runs when threestudio's launch.py loads ``custom/`` (the
-package ``__init__`` under its folder name), when ``cpu.compat.enable_cpu_mode()`` has made
-threestudio importable on a CPU, or when a user calls it.
+package ``__init__`` under its folder name), when ``cpu.compat.enable()`` has made
+threestudio importable (on a CPU, or without its CUDA extensions), or when a user calls it.
 """
 
 

@@ -1,13 +1,13 @@
 """Integration tests against the real threestudio.
 
 threestudio is found through $THREESTUDIO_ROOT (a checkout, put on sys.path) or an
-installed package; without it every test here is skipped with the reason. On a machine
-without a GPU, ``cpu_compat.enable_cpu_mode()`` runs before threestudio is imported.
+installed package; without it every test here is skipped with the reason.
+``cpu.compat.enable()`` runs before threestudio is imported: stand-ins for missing CUDA
+extensions (the pure-torch tinycudann among them), and the CPU patches without a GPU.
 Tests never import threestudio at module level: they take the ``threestudio`` fixture.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,19 +27,9 @@ def _setup_threestudio():
     if root is None:
         return None, ("threestudio not found: set THREESTUDIO_ROOT to a threestudio checkout "
                       "(the folder holding launch.py) or pip install threestudio")
-    import torch
+    cpu_compat.enable(root)
+    import threestudio
 
-    if torch.cuda.is_available():
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-        import threestudio
-
-        from threestudio_dreambooth3d.registration import register
-
-        register()
-    else:
-        cpu_compat.enable_cpu_mode(root)
-        import threestudio
     return threestudio, None
 
 

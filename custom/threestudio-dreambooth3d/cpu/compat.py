@@ -1,24 +1,29 @@
-"""Run threestudio on a machine without a GPU: for tests and the CPU smoke preset only.
+"""Run threestudio where its CUDA extensions are missing: on a CPU, or on a GPU without them.
 
-Why this exists: threestudio is written for CUDA, and four things stop it on a CPU even
-when a config only uses pure-torch networks:
+Why this exists: threestudio is written for CUDA, and five things stop it on a CPU even
+with pure-torch configs, some of them on a GPU machine too:
 
-1. it imports CUDA-only extensions at import time (``tinycudann`` in utils/misc.py,
-   ``nvdiffrast`` in utils/rasterize.py, ``envlight`` in the PBR material);
-2. ``threestudio.utils.misc.get_device()`` answers ``cuda:RANK`` and ``cleanup()``
-   calls ``tinycudann.free_temporary_memory``; both are imported *by name* into many
-   modules, so patching ``misc`` alone is not enough;
+1. it imports CUDA-only extensions at import time (``tinycudann`` in utils/misc.py and
+   models/networks.py, ``nvdiffrast`` in utils/rasterize.py, ``envlight`` in the PBR
+   material); tinycudann is also the most common failed install on GPU machines;
+2. the real configs build tinycudann encodings (hash grid, spherical harmonics):
+   ``cpu.tinycudann`` is a pure-torch version, put in place of a missing tinycudann
+   with one warning that it is slower;
 3. nerfacc's packed ops behind every volume renderer have only CUDA kernels, and the
-   mesh exporter bakes textures with nvdiffrast (pure-torch versions: ``nerfacc_cpu``,
-   ``nvdiffrast_cpu``);
-4. ``launch.py`` builds its ``Trainer`` with ``accelerator="gpu"``.
+   mesh exporter bakes textures with nvdiffrast (pure-torch versions: ``cpu.nerfacc``
+   for CPU tensors, and for CUDA tensors when nerfacc's extension cannot be built;
+   ``cpu.nvdiffrast``);
+4. (CPU only) ``threestudio.utils.misc.get_device()`` answers ``cuda:RANK``,
+   ``models/networks.py`` puts modules on ``cuda:get_rank()``, and ``cleanup()`` calls
+   ``tinycudann.free_temporary_memory``; these are imported *by name* into many
+   modules, so patching ``misc`` alone is not enough;
+5. (CPU only) ``launch.py`` builds its ``Trainer`` with ``accelerator="gpu"``.
 
-:func:`enable_cpu_mode` handles all four, in that order, and must be called *before*
-threestudio is imported. It is never called implicitly: a GPU run goes through
-threestudio untouched. Stand-in modules are installed only when the real module is
-not importable, and every attribute a config would actually need from them raises an
-error that says so. ``python -m threestudio_dreambooth3d.cpu.compat launch.py ARGS``
-runs threestudio's launch.py in CPU mode (what the smoke preset calls).
+:func:`enable` handles them, in that order, and must be called *before* threestudio is
+imported. It is never called implicitly, and it changes nothing that works: a module is
+replaced only when it cannot be imported, the CPU patches apply only when no GPU is
+visible. ``python -m threestudio_dreambooth3d.cpu.compat launch.py ARGS`` runs
+threestudio's launch.py this way (what the pipeline calls).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import importlib.util
 import logging
 import os
 import sys
-import types
+import warnings
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -41,6 +46,10 @@ log = logging.getLogger(__name__)
 
 CUDA_ONLY_MODULES = ("tinycudann", "nvdiffrast", "nvdiffrast.torch", "envlight")
 _ENABLED = False
+
+
+class SlowFallbackWarning(UserWarning):
+    """A pure-torch stand-in replaces a CUDA extension: it works, more slowly."""
 
 
 class _MissingRasterizerContext:
@@ -65,6 +74,17 @@ def install_stand_ins() -> List[str]:
     for name in CUDA_ONLY_MODULES:
         if name in sys.modules or _importable(name):
             continue
+        if name == "tinycudann":
+            from . import tinycudann as module
+
+            sys.modules[name] = module
+            installed.append(name)
+            warnings.warn(
+                "tinycudann is not importable: using the pure-torch stand-in threestudio_dreambooth3d.cpu.tinycudann "
+                "(same encodings and checkpoints, several times slower on a GPU; pip install tinycudann for speed).",
+                SlowFallbackWarning, stacklevel=2,
+            )
+            continue
         module = StandIn(name)
         module.__path__ = []  # lets ``import nvdiffrast.torch`` resolve the child
         module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)  # find_spec() works
@@ -73,9 +93,6 @@ def install_stand_ins() -> List[str]:
         if parent in sys.modules:
             setattr(sys.modules[parent], child, module)
         installed.append(name)
-    if "tinycudann" in installed:
-        # threestudio's cleanup() calls it after every guidance load
-        sys.modules["tinycudann"].free_temporary_memory = lambda: None
     if "nvdiffrast.torch" in installed:
         # named in type annotations of threestudio.utils.rasterize at import time
         dr = sys.modules["nvdiffrast.torch"]
@@ -91,8 +108,23 @@ def cpu_cleanup() -> None:
     gc.collect()
 
 
+def _cpu_rank() -> str:
+    # networks.py uses get_rank() only as a device: for ``torch.cuda.device(get_rank())``
+    # (see _CpuTolerantCudaDevice) and ``torch.zeros(..., device=get_rank())``
+    return "cpu"
+
+
+class _CpuTolerantCudaDevice(torch.cuda.device):
+    """``torch.cuda.device("cpu")`` selects nothing, as ``torch.cuda.device(-1)`` does (it raises otherwise)."""
+
+    def __init__(self, device):
+        super().__init__(-1 if str(device) == "cpu" else device)
+
+
 def patch_threestudio_device() -> int:
-    """Point ``get_device``/``cleanup`` at the CPU in every loaded threestudio module.
+    """Point ``get_device``/``cleanup`` at the CPU in every loaded threestudio module, and
+    ``models.networks``' device choice (its ``get_rank``) at the CPU, which
+    ``torch.cuda.device`` then accepts as "no CUDA device".
 
     Returns how many module attributes were replaced. Modules imported later see the
     patched ``threestudio.utils.misc`` functions.
@@ -108,6 +140,11 @@ def patch_threestudio_device() -> int:
             if getattr(module, attr, None) is original:
                 setattr(module, attr, replacements[attr])
                 count += 1
+    networks = importlib.import_module("threestudio.models.networks")
+    if networks.get_rank is misc.get_rank:
+        networks.get_rank = _cpu_rank
+        torch.cuda.device = _CpuTolerantCudaDevice  # type: ignore[misc]
+        count += 1
     return count
 
 
@@ -149,19 +186,22 @@ def find_threestudio_root(root: Optional[Union[str, Path]] = None) -> Optional[P
     return None
 
 
-def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None:
-    """Make threestudio importable and runnable on the CPU, import it, register our adapters.
+def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bool] = None) -> None:
+    """Make threestudio importable and runnable here, import it, register our adapters.
 
     ``threestudio_root`` (or $THREESTUDIO_ROOT) is put on ``sys.path`` when threestudio
-    is not an installed package. Raises ImportError if threestudio cannot be found.
+    is not an installed package. Missing CUDA extensions get stand-ins on any machine;
+    ``cpu`` (default: no GPU visible) adds the CPU patches. Raises ImportError if
+    threestudio cannot be found.
     """
     global _ENABLED
     if _ENABLED:
         return
     if "threestudio" in sys.modules:
-        raise RuntimeError("enable_cpu_mode() must run before threestudio is imported")
-    if torch.cuda.is_available():
-        log.warning("enable_cpu_mode() on a machine with a GPU: threestudio will run on the CPU")
+        raise RuntimeError("cpu.compat.enable() must run before threestudio is imported")
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    if cpu and torch.cuda.is_available():
+        log.warning("threestudio in CPU mode on a machine with a GPU: it will run on the CPU")
     root = find_threestudio_root(threestudio_root)
     if root is None:
         raise ImportError(
@@ -176,11 +216,13 @@ def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None
 
     nerfacc_cpu.install()
     nvdiffrast_cpu.install()  # threestudio's mesh exporter rasterises even for a NeRF
-    patch_lightning_trainer()
+    if cpu:
+        patch_lightning_trainer()
     importlib.import_module("threestudio")
-    patch_threestudio_device()
+    if cpu:
+        patch_threestudio_device()
     _ENABLED = True
-    log.info("threestudio CPU mode (stand-ins for %s)", ", ".join(stand_ins) or "nothing")
+    log.info("threestudio %s mode (stand-ins for %s)", "CPU" if cpu else "GPU", ", ".join(stand_ins) or "nothing")
     from ..registration import register
 
     register()
@@ -189,7 +231,7 @@ def enable_cpu_mode(threestudio_root: Optional[Union[str, Path]] = None) -> None
 def main(argv: Optional[List[str]] = None) -> None:
     """``python -m threestudio_dreambooth3d.cpu.compat [--threestudio-root DIR] launch.py ARGS``.
 
-    Runs threestudio's launch.py in CPU mode from the current folder (launch.py loads
+    Runs threestudio's launch.py after :func:`enable` from the current folder (launch.py loads
     ``./custom``, so run it from this project's root). A bare ``launch.py`` is looked up
     in the threestudio root.
     """
@@ -201,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         root, argv = argv[1], argv[2:]
     if not argv or not argv[0].endswith(".py"):
         raise SystemExit("usage: python -m threestudio_dreambooth3d.cpu.compat [--threestudio-root DIR] launch.py ARGS...")
-    enable_cpu_mode(root)
+    enable(root)
     script = Path(argv[0])
     if not script.is_file():
         script = find_threestudio_root(root) / script.name

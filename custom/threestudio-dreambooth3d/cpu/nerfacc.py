@@ -8,15 +8,17 @@ even tries to JIT-compile them. threestudio's ``nerf-volume-renderer`` needs:
 * ``render_weight_from_density`` / ``render_weight_from_alpha`` on packed samples,
 * ``accumulate_along_rays`` (already pure torch in nerfacc).
 
-This module re-implements the first two for CPU tensors with plain torch ops: samples
+This module re-implements the first two with plain, device-agnostic torch ops: samples
 are put in a dense ``[n_rays, max_samples]`` layout, scanned with ``cumsum``/``cumprod``
 (exact and differentiable), and gathered back. :func:`install` patches nerfacc so that
-CPU tensors take these paths and CUDA tensors keep nerfacc's kernels; only
-``cpu_compat.enable_cpu_mode()`` calls it. Nothing here imports nerfacc at module level,
-so the functions are tested without it.
+CPU tensors take these paths, and CUDA tensors too when nerfacc's CUDA extension cannot
+be loaded or built (a frequent install failure; one warning says so); where it loads,
+CUDA tensors keep nerfacc's kernels. Only ``cpu.compat.enable()`` calls it. Nothing here
+imports nerfacc at module level, so the functions are tested without it.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -170,7 +172,7 @@ def occgrid_sampling(
     that ``sigma_fn``/``alpha_fn`` mark invisible, as nerfacc does.
     """
     if cone_angle != 0.0:
-        raise NotImplementedError("the CPU fallback marches with a constant step (cone_angle=0), as threestudio uses it")
+        raise NotImplementedError("the pure-torch fallback marches with a constant step (cone_angle=0), as threestudio uses it")
     aabb = aabb.to(rays_o)
     t_near, t_far, hit = ray_aabb_intersect(rays_o, rays_d, aabb)
     near = torch.clamp(t_near, min=near_plane)
@@ -218,24 +220,49 @@ def occgrid_sampling(
 
 # -- patching nerfacc ---------------------------------------------------------------------------
 _INSTALLED = False
+_CUDA_KERNELS: Optional[bool] = None
 
 
-def _cpu_or_cuda(cuda_fn: Callable, cpu_fn: Callable, tensor_arg: int = 0) -> Callable:
+def cuda_kernels_available() -> bool:
+    """Whether nerfacc's CUDA extension loads (prebuilt, or JIT-built on first use as nerfacc does).
+
+    Asked only for CUDA tensors, once per process; False (with one warning) sends CUDA
+    tensors to the pure-torch ops.
+    """
+    global _CUDA_KERNELS
+    if _CUDA_KERNELS is None:
+        try:
+            from nerfacc.cuda._backend import _C
+
+            _CUDA_KERNELS = _C is not None
+        except Exception:  # a failed JIT build raises RuntimeError/OSError/ImportError
+            _CUDA_KERNELS = False
+        if not _CUDA_KERNELS:
+            warnings.warn("nerfacc's CUDA extension could not be loaded or built: CUDA tensors use the pure-torch "
+                          "ops of threestudio_dreambooth3d.cpu.nerfacc (slower).", RuntimeWarning, stacklevel=2)
+    return _CUDA_KERNELS
+
+
+def _use_kernel(tensor: Tensor) -> bool:
+    return tensor.is_cuda and cuda_kernels_available()
+
+
+def _kernel_or_torch(kernel_fn: Callable, torch_fn: Callable, tensor_arg: int = 0) -> Callable:
     def dispatch(*args, **kwargs):
         first = args[tensor_arg] if len(args) > tensor_arg else next(iter(kwargs.values()))
-        return cuda_fn(*args, **kwargs) if first.is_cuda else cpu_fn(*args, **kwargs)
+        return kernel_fn(*args, **kwargs) if _use_kernel(first) else torch_fn(*args, **kwargs)
 
-    dispatch.__name__ = getattr(cuda_fn, "__name__", "dispatch")
-    dispatch.__doc__ = f"CPU tensors: nerfacc_cpu.{cpu_fn.__name__}; CUDA tensors: nerfacc's kernel."
-    dispatch._nerfacc_cpu_original = cuda_fn  # type: ignore[attr-defined]
+    dispatch.__name__ = getattr(kernel_fn, "__name__", "dispatch")
+    dispatch.__doc__ = f"nerfacc's kernel where it loads, else nerfacc_cpu.{torch_fn.__name__}."
+    dispatch._nerfacc_cpu_original = kernel_fn  # type: ignore[attr-defined]
     return dispatch
 
 
-def _packed_scan(original: Callable, cpu_fn: Callable) -> Callable:
+def _packed_scan(original: Callable, torch_fn: Callable) -> Callable:
     def scan(inputs: Tensor, packed_info: Optional[Tensor] = None) -> Tensor:
-        if packed_info is None or inputs.is_cuda:
+        if packed_info is None or _use_kernel(inputs):
             return original(inputs, packed_info)
-        return cpu_fn(inputs, packed_info)
+        return torch_fn(inputs, packed_info)
 
     scan.__name__ = original.__name__
     scan._nerfacc_cpu_original = original  # type: ignore[attr-defined]
@@ -243,7 +270,8 @@ def _packed_scan(original: Callable, cpu_fn: Callable) -> Callable:
 
 
 def install() -> bool:
-    """Route nerfacc's packed ops and occupancy-grid sampling to this module for CPU tensors.
+    """Route nerfacc's packed ops and occupancy-grid sampling to this module for CPU tensors
+    (and CUDA tensors when nerfacc's kernels cannot load).
 
     Returns False when nerfacc is not installed (nothing to patch). Idempotent.
     """
@@ -259,7 +287,7 @@ def install() -> bool:
     except ImportError:
         return False
 
-    patched_pack = _cpu_or_cuda(nerfacc.pack.pack_info, pack_info)
+    patched_pack = _kernel_or_torch(nerfacc.pack.pack_info, pack_info)
     scans = {name: _packed_scan(getattr(nerfacc.scan, name), globals()[name])
              for name in ("inclusive_sum", "exclusive_sum", "inclusive_prod", "exclusive_prod")}
     # volrend and the package namespace hold their own references to these names
@@ -273,12 +301,12 @@ def install() -> bool:
     original_sampling = OccGridEstimator.sampling
 
     def sampling(self, rays_o: Tensor, rays_d: Tensor, *args, **kwargs):
-        if rays_o.is_cuda:
+        if _use_kernel(rays_o):
             return original_sampling(self, rays_o, rays_d, *args, **kwargs)
         if args:
-            raise TypeError("pass OccGridEstimator.sampling options by keyword on CPU")
+            raise TypeError("pass OccGridEstimator.sampling options by keyword to the pure-torch fallback")
         if self.levels != 1:
-            raise NotImplementedError("the CPU fallback supports one grid level (threestudio uses levels=1)")
+            raise NotImplementedError("the pure-torch fallback supports one grid level (threestudio uses levels=1)")
         if kwargs.get("alpha_thre", 0.0) > 0.0:
             # nerfacc caps the alpha threshold by the grid's mean occupancy
             kwargs["alpha_thre"] = min(kwargs["alpha_thre"], self.occs.mean().item())

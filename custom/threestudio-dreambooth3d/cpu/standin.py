@@ -1,7 +1,7 @@
 """The stand-in module class shared by the CPU compat layer and the pure-torch op modules.
 
-Its own module so ``compat`` (which installs stand-ins) and ``nvdiffrast``/``tinycudann``
-fallbacks (which fill them) both import it without importing each other.
+Its own module so ``compat`` (which installs stand-ins) and the ``nvdiffrast``
+fallback (which fills its stand-in) both import it without importing each other.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ class StandIn(types.ModuleType):
         raise AttributeError(
             f"{self.__name__}.{name} is not available: {self.__name__} is not installed and "
             "threestudio_dreambooth3d.cpu.compat put a stand-in in its place so threestudio can "
-            "be imported on a CPU. Use a CPU config (pure-torch encodings such as "
-            "ProgressiveBandFrequency with VanillaMLP, the nerf-volume-renderer) or install "
-            f"{self.__name__.split('.')[0]} on a CUDA machine."
+            f"be imported without it. Install {self.__name__.split('.')[0]} on a CUDA machine for "
+            "the feature that needs it."
         )
