@@ -27,9 +27,14 @@ def _setup_threestudio():
     if root is None:
         return None, ("threestudio not found: set THREESTUDIO_ROOT to a threestudio checkout "
                       "(the folder holding launch.py) or pip install threestudio")
-    cpu_compat.enable(root)
-    import threestudio
-
+    try:
+        cpu_compat.enable(root)
+        import threestudio
+    except ImportError as e:
+        # threestudio imports every system, guidance and extern/ module when it loads: one
+        # missing requirement is a skip with the fix, not a collection error
+        return None, (f"threestudio at {root} cannot be imported, its requirements are missing "
+                      f"({type(e).__name__}: {e}); install them with: pip install -e \".[threestudio]\"")
     return threestudio, None
 
 

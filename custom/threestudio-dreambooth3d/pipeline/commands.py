@@ -87,12 +87,17 @@ def locate_threestudio(explicit: Optional[Union[str, Path]] = None) -> Path:
 
 
 def locate_configs(explicit: Optional[Union[str, Path]] = None) -> Path:
-    """Our threestudio configs: ``explicit`` or the repository's ``configs/`` next to ``custom/``."""
-    folder = Path(explicit).expanduser().resolve() if explicit else PACKAGE_DIR.parents[1] / "configs"
+    """Our threestudio configs: ``explicit``, else the copy installed inside the package (pip install .,
+    a wheel: setup.py ships configs/ as package data), else the checkout's ``configs/`` next to ``custom/``."""
+    if explicit:
+        candidates = [Path(explicit).expanduser().resolve()]
+    else:
+        candidates = [PACKAGE_DIR / "configs", PACKAGE_DIR.parents[1] / "configs"]
+    folder = next((c for c in candidates if c.is_dir()), candidates[-1])
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"threestudio configs folder {folder} not found. Run from a checkout of threestudio-dreambooth3d "
-            "(pip install -e .) or pass --configs DIR."
+            f"threestudio configs folder {folder} not found. Reinstall threestudio-dreambooth3d "
+            "(its package carries the configs) or pass --configs DIR."
         )
     return folder
 
