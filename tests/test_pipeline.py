@@ -501,15 +501,15 @@ def test_cli_threestudio_not_found_exits_with_the_fix(subject, tmp_path, monkeyp
     assert code == 2 and "is not a threestudio checkout" in capsys.readouterr().err
 
 
-def test_default_preset_without_gpu_points_to_smoke(make_ctx, monkeypatch):
-    import torch
+def test_default_preset_without_gpu_points_to_smoke(fake_threestudio, tmp_path):
+    from threestudio_dreambooth3d.doctor import MISSING, GpuInfo, run_checks
 
-    from threestudio_dreambooth3d.pipeline.checks import check_machine
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
-    with pytest.raises(RuntimeError, match="--preset smoke"):
-        check_machine(make_ctx(preset="default"))
+    rows = {r.name: r for r in run_checks("default", threestudio=str(fake_threestudio), out=tmp_path,
+                                          gpu=GpuInfo(False))}
+    assert rows["CUDA GPU"].status == MISSING and "--preset smoke" in rows["CUDA GPU"].fix
+    rows = {r.name: r for r in run_checks("smoke", threestudio=str(fake_threestudio), out=tmp_path,
+                                          gpu=GpuInfo(False))}
+    assert rows["CUDA GPU"].status != MISSING
 
 
 def test_set_overrides_parse_per_step():

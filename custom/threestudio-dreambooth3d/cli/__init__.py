@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "run": "threestudio_dreambooth3d.cli.run",
     "eval": "threestudio_dreambooth3d.cli.eval",
     "sweep": "threestudio_dreambooth3d.cli.sweep",
+    "doctor": "threestudio_dreambooth3d.cli.doctor",
 }
 
 

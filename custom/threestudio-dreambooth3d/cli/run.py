@@ -75,8 +75,29 @@ def build_context(args: argparse.Namespace) -> RunContext:
                       overrides=overrides)
 
 
+def check_environment(args: argparse.Namespace) -> None:
+    """``dreambooth3d doctor``'s checks for this preset, before anything is built: a missing piece
+    stops the run here (a dry run only warns), warnings are printed."""
+    from ..doctor import MISSING, WARN, format_table, run_checks
+
+    out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
+    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out)
+    for r in rows:
+        if r.status == WARN:
+            _warn(f"{r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else ""))
+    missing = [r for r in rows if r.status == MISSING]
+    if not missing:
+        return
+    msg = (f"this machine lacks what --preset {args.preset} needs:\n" + format_table(missing)
+           + "\n`dreambooth3d doctor` shows every check.")
+    if args.dry_run:
+        _warn(msg)
+        return
+    raise RuntimeError(msg)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline.checks import check_configs, check_machine, check_prompt, check_subject
+    from ..pipeline.checks import check_configs, check_prompt, check_subject
     from ..pipeline.commands import prepare_workspace
     from ..pipeline.runner import Runner, format_elapsed
 
@@ -85,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     warning = check_prompt(args.prompt, args.identifier, args.class_noun)
     for w in ([warning] if warning else []) + check_subject(Path(args.subject)):
         _warn(w)
+    check_environment(args)
     ctx = build_context(args)
     check_configs(ctx)
     runner = Runner(ctx)
@@ -95,8 +117,6 @@ def run(args: argparse.Namespace) -> int:
             if d.run and cmd is not None:
                 print("    " + cmd.shell())
         return 0
-    for w in check_machine(ctx):
-        _warn(w)
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,

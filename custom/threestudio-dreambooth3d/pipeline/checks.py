@@ -1,15 +1,11 @@
-"""Checks before anything slow starts: the photos, the prompt, the configs, the machine."""
+"""Checks before anything slow starts: the photos, the prompt, the configs (the machine: ``doctor``)."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
 from .context import RunContext
-
-MIN_FREE_BYTES = {"default": 10 << 30, "smoke": 200 << 20}
 
 
 def check_prompt(prompt: str, identifier: str, class_noun: str) -> Optional[str]:
@@ -45,28 +41,3 @@ def check_configs(ctx: RunContext) -> None:
     if missing:
         raise FileNotFoundError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
                                 "pass --configs DIR pointing at this project's configs/ folder.")
-
-
-def check_machine(ctx: RunContext) -> List[str]:
-    """Errors for what cannot work; warnings for what may not."""
-    if importlib.util.find_spec("pytorch_lightning") is None:
-        raise RuntimeError(
-            "pytorch_lightning is not importable in this Python: install threestudio's requirements "
-            f"(pip install -r {ctx.threestudio_root}/requirements.txt) into the environment running dreambooth3d."
-        )
-    if not ctx.preset.cpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"preset {ctx.preset.name!r} needs a CUDA GPU and none is visible. To check the set-up on this "
-                "machine, run the same command with --preset smoke (CPU, tiny model, a few minutes)."
-            )
-    warnings = []
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(ctx.out).free
-    need = MIN_FREE_BYTES.get(ctx.preset.name, 0)
-    if free < need:
-        warnings.append(f"only {free / 2**30:.1f} GiB free under {ctx.out}; a {ctx.preset.name} run writes about "
-                        f"{need / 2**30:.1f} GiB (checkpoints, class images, videos).")
-    return warnings

@@ -1,0 +1,318 @@
+"""What the pipeline needs and whether this machine has it: ``dreambooth3d doctor`` and the
+checks ``dreambooth3d run`` makes before any work.
+
+One :class:`Check` per row: threestudio (root, version, commit), every Python package we and
+threestudio import (the lists setup.py installs, from :mod:`.requirements`), torchvision, CUDA and GPU memory, threestudio's
+CUDA pieces (tinycudann, nvdiffrast, nerfacc's kernels) and which fallback stands in for each,
+the base model (a local folder, a hub id already in the HF cache, or "will download") and free
+disk. A row is *blocking* when the chosen preset cannot run without it.
+
+Torch-free at import; torch is imported only by the GPU check.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+# the threestudio commit the threestudio tier and the smoke run were tested on (README)
+TESTED_THREESTUDIO_COMMIT = "28d9d80d9d00f308244adfcf3be8b17ca0cb6465"
+# distribution name -> module it provides, where they differ in more than case and '-'/'_'
+IMPORT_NAMES = {
+    "opencv-python-headless": "cv2", "pytorch-lightning": "pytorch_lightning", "pymcubes": "mcubes",
+    "libigl": "igl", "taming-transformers-rom1504": "taming", "ipython": "IPython", "pillow": "PIL",
+}
+# bytes a run writes (checkpoints, class images, videos); see pipeline/checks.py
+MIN_FREE_BYTES = {"default": 10 << 30, "smoke": 200 << 20}
+
+OK, MISSING, WARN, INFO = "ok", "MISSING", "warn", "-"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # OK, MISSING, WARN or INFO
+    detail: str
+    fix: str = ""
+
+    @property
+    def blocking(self) -> bool:
+        return self.status == MISSING
+
+
+# -- threestudio ----------------------------------------------------------------------------
+
+def git_commit(root: Path) -> Optional[str]:
+    """The checkout's HEAD commit, read from .git without running git; None if not a git checkout."""
+    git = root / ".git"
+    if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+        m = re.match(r"gitdir:\s*(.+)", git.read_text().strip())
+        if not m:
+            return None
+        git = (root / m.group(1).strip()).resolve()
+    if not (git / "HEAD").is_file():
+        return None
+    head = (git / "HEAD").read_text().strip()
+    if not head.startswith("ref:"):
+        return head  # detached
+    ref = head[4:].strip()
+    common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+    for base in dict.fromkeys([git, common]):
+        if (base / ref).is_file():
+            return (base / ref).read_text().strip()
+        packed = base / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref:
+                    return parts[0]
+    return None
+
+
+def check_threestudio(explicit: Optional[Union[str, Path]] = None) -> List[Check]:
+    from .pipeline.commands import ThreestudioNotFoundError, locate_threestudio
+
+    try:
+        root = locate_threestudio(explicit)
+    except ThreestudioNotFoundError as e:
+        return [Check("threestudio", MISSING, str(e).split(". ")[0],
+                      "git clone https://github.com/threestudio-project/threestudio && "
+                      "export THREESTUDIO_ROOT=$PWD/threestudio")]
+    text = (root / "threestudio" / "__init__.py").read_text(errors="replace")
+    m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", text)
+    rows = [Check("threestudio", OK, f"{root} (version {m.group(1) if m else 'unknown'})")]
+    commit = git_commit(root)
+    tested = TESTED_THREESTUDIO_COMMIT[:7]
+    if commit is None:
+        rows.append(Check("threestudio commit", INFO, f"not a git checkout; tested with {tested}"))
+    elif commit.startswith(TESTED_THREESTUDIO_COMMIT[: len(commit)]) or TESTED_THREESTUDIO_COMMIT.startswith(commit):
+        rows.append(Check("threestudio commit", OK, f"{commit[:7]} (the tested one)"))
+    else:
+        rows.append(Check("threestudio commit", WARN, f"{commit[:7]}; tested with {tested}",
+                          f"git -C {root} checkout {tested}  (if something fails)"))
+    return rows
+
+
+# -- Python packages ------------------------------------------------------------------------
+
+def requirements(extra: bool = True) -> List[str]:
+    """Our install requirements plus (``extra``) the threestudio ones, one per distribution
+    (a name listed in both gets both version bounds)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from .requirements import INSTALL_REQUIRES, THREESTUDIO_EXTRA
+
+    merged: dict = {}
+    for text in INSTALL_REQUIRES + (THREESTUDIO_EXTRA if extra else []):
+        req = Requirement(text)
+        key = canonicalize_name(req.name)
+        if key in merged:
+            merged[key].specifier &= req.specifier
+        else:
+            req.extras = set()
+            merged[key] = req
+    return [str(r) for r in merged.values()]
+
+
+def _module_name(dist: str) -> str:
+    return IMPORT_NAMES.get(dist.lower(), dist.lower().replace("-", "_"))
+
+
+def check_requirement(text: str, version_of: Callable[[str], Optional[str]] = None,
+                      find_spec: Callable = None) -> Check:
+    """One requirement string ("libigl>=2.4,<2.6"): installed at a version it allows?"""
+    from packaging.requirements import Requirement
+
+    version_of = version_of or _dist_version
+    find_spec = find_spec or importlib.util.find_spec
+    req = Requirement(text)
+    fix = f'pip install "{req.name}{req.specifier}"'
+    version = version_of(req.name)
+    if version is None:
+        if find_spec(_module_name(req.name)) is not None:  # e.g. opencv-python instead of -headless
+            return Check(req.name, OK, f"{_module_name(req.name)} importable (from another distribution)")
+        return Check(req.name, MISSING, "not installed", fix)
+    if req.specifier and not req.specifier.contains(version, prereleases=True):
+        return Check(req.name, MISSING, f"{version} installed, {req.specifier} needed", fix)
+    return Check(req.name, OK, version)
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_packages() -> List[Check]:
+    return [check_requirement(r) for r in requirements()] + [check_torchvision()]
+
+
+def check_torchvision(version_of: Callable[[str], Optional[str]] = None) -> Check:
+    """threestudio imports torchvision; it is installed with torch (same index), not by our extra."""
+    version_of = version_of or _dist_version
+    tv, torch = version_of("torchvision"), version_of("torch")
+    pin = f'pip install "torch=={torch}" torchvision' if torch else "pip install torch torchvision"
+    if tv is None:
+        return Check("torchvision", MISSING, "not installed (threestudio imports it)", pin)
+    return Check("torchvision", OK, tv)
+
+
+# -- GPU and threestudio's CUDA pieces ------------------------------------------------------
+
+@dataclass
+class GpuInfo:
+    available: bool
+    name: str = ""
+    total_bytes: int = 0
+    free_bytes: int = 0
+
+
+def gpu_info() -> GpuInfo:
+    import torch
+
+    if not torch.cuda.is_available():
+        return GpuInfo(False)
+    free, total = torch.cuda.mem_get_info(0)
+    return GpuInfo(True, torch.cuda.get_device_name(0), total, free)
+
+
+def check_gpu(needs_gpu: bool, info: Optional[GpuInfo] = None) -> Check:
+    info = info or gpu_info()
+    if info.available:
+        return Check("CUDA GPU", OK, f"{info.name}, {info.total_bytes / 2**30:.1f} GiB "
+                                     f"({info.free_bytes / 2**30:.1f} GiB free)")
+    if needs_gpu:
+        return Check("CUDA GPU", MISSING, "none visible: the default preset needs one",
+                     "run on a GPU machine, or check the set-up here with --preset smoke (CPU)")
+    return Check("CUDA GPU", INFO, "none visible: CPU smoke preset only")
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # a broken CUDA build fails with OSError/RuntimeError as well
+        return False
+
+
+def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = _importable,
+                      have_tcnn_fallback: Optional[bool] = None) -> List[Check]:
+    """tinycudann / nvdiffrast / nerfacc's CUDA kernels, and what stands in when one is missing."""
+    if have_tcnn_fallback is None:
+        have_tcnn_fallback = importlib.util.find_spec("threestudio_dreambooth3d.cpu.tinycudann") is not None
+    tcnn_cmd = "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
+    nvd_cmd = "pip install git+https://github.com/NVlabs/nvdiffrast.git"
+    rows = []
+    if importable("tinycudann"):
+        rows.append(Check("tinycudann", OK, "installed"))
+    elif not gpu:
+        rows.append(Check("tinycudann", INFO, "not installed: CPU stand-in (cpu/compat.py, smoke preset)"))
+    elif have_tcnn_fallback:
+        rows.append(Check("tinycudann", WARN, "not installed: pure-torch fallback (slower)", tcnn_cmd))
+    else:
+        rows.append(Check("tinycudann", MISSING, "not installed: the hash-grid NeRF needs it", tcnn_cmd))
+    if importable("nvdiffrast.torch"):
+        rows.append(Check("nvdiffrast", OK, "installed"))
+    elif not gpu:
+        rows.append(Check("nvdiffrast", INFO, "not installed: pure-torch rasteriser (cpu/nvdiffrast.py, smoke preset)"))
+    else:
+        rows.append(Check("nvdiffrast", MISSING, "not installed: the mesh export bakes textures with it", nvd_cmd))
+    if not importable("nerfacc"):
+        rows.append(Check("nerfacc kernels", MISSING, "nerfacc not installed", 'pip install "nerfacc>=0.5.2,<0.6"'))
+    elif not gpu:
+        rows.append(Check("nerfacc kernels", INFO, "CPU: pure-torch packed ops (cpu/nerfacc.py)"))
+    elif shutil.which("nvcc") or os.environ.get("CUDA_HOME"):
+        rows.append(Check("nerfacc kernels", OK, "built by nerfacc on first use (nvcc found)"))
+    else:
+        rows.append(Check("nerfacc kernels", WARN, "no nvcc to build nerfacc's CUDA kernels: "
+                          "pure-torch packed ops if the fallback is installed, else the first stage fails",
+                          "install the CUDA toolkit (nvcc) matching torch, or a prebuilt nerfacc wheel"))
+    return rows
+
+
+# -- the base model and the disk -------------------------------------------------------------
+
+def _hub_cached(repo_id: str) -> Optional[str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # not a valid repo id
+        return None
+    return found if isinstance(found, str) else None
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def check_model(model: Optional[str], cached: Optional[Callable[[str], Optional[str]]] = None) -> Check:
+    """A local diffusers folder, a hub id in the HF cache, or a download (impossible offline)."""
+    cached = cached or _hub_cached
+    if model is None:
+        return Check("base model", OK, "tiny random Stable Diffusion, built in the output folder")
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        if (path / "model_index.json").is_file():
+            return Check("base model", OK, f"local folder {path}")
+        return Check("base model", MISSING, f"{path} is not a diffusers folder (no model_index.json)",
+                     "pass --model a folder saved with save_pretrained, or a hub id")
+    hit = cached(model)
+    if hit:
+        return Check("base model", OK, f"{model} (in the HF cache)")
+    if hub_offline():
+        return Check("base model", MISSING, f"{model} is not in the HF cache and HF_HUB_OFFLINE is set",
+                     "download it once with network access, or pass --model a local folder")
+    return Check("base model", WARN, f"{model} will download on first use (about 5 GB)")
+
+
+def check_disk(where: Union[str, Path], need_bytes: int) -> Check:
+    path = Path(where).expanduser().resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    detail = f"{free / 2**30:.1f} GiB free under {path}"
+    if free < need_bytes:
+        return Check("free disk", MISSING, f"{detail}; a run writes about {need_bytes / 2**30:.1f} GiB",
+                     "free some space or pass --out on another disk")
+    return Check("free disk", OK, detail)
+
+
+# -- all together ---------------------------------------------------------------------------
+
+def run_checks(preset: str = "default", model: Optional[str] = "", threestudio: Optional[str] = None,
+               out: Union[str, Path] = ".", gpu: Optional[GpuInfo] = None) -> List[Check]:
+    """Every row for ``preset``; ``model=""`` means the preset's own model."""
+    from .pipeline.presets import get_preset
+
+    p = get_preset(preset)
+    info = gpu or gpu_info()
+    rows = check_threestudio(threestudio) + check_packages()
+    rows.append(check_gpu(needs_gpu=not p.cpu, info=info))
+    rows += check_cuda_pieces(gpu=info.available and not p.cpu)
+    rows.append(check_model(p.model if model == "" else model))
+    rows.append(check_disk(out, MIN_FREE_BYTES.get(p.name, 0)))
+    return rows
+
+
+def format_table(rows: Sequence[Check]) -> str:
+    w1 = max(len(r.name) for r in rows)
+    w2 = max(len(r.status) for r in rows)
+    lines = [f"{r.name:<{w1}}  {r.status:<{w2}}  {r.detail}" for r in rows]
+    fixes = [r for r in rows if r.fix and r.status in (MISSING, WARN)]
+    if fixes:
+        lines += ["", "to fix:"] + [f"  {r.name}: {r.fix}" for r in fixes]
+    return "\n".join(lines)
+
+
+def blocking(rows: Sequence[Check]) -> List[Check]:
+    return [r for r in rows if r.blocking]
