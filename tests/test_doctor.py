@@ -65,13 +65,18 @@ def test_gpu_row():
     assert row.status == OK and "H100" in row.detail and "80.0 GiB" in row.detail and "70.0 GiB free" in row.detail
 
 
-def test_cuda_pieces_say_which_fallback_stands_in():
+def test_cuda_pieces_say_which_fallback_stands_in(monkeypatch):
     none = lambda name: False  # noqa: E731
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: None)
     rows = {r.name: r for r in doctor.check_cuda_pieces(gpu=True, importable=none, have_tcnn_fallback=True)}
     assert rows["tinycudann"].status == WARN and "pure-torch fallback" in rows["tinycudann"].detail
     assert "tiny-cuda-nn" in rows["tinycudann"].fix
-    assert rows["nvdiffrast"].status == MISSING and "nvdiffrast" in rows["nvdiffrast"].fix
-    assert rows["nerfacc kernels"].status == MISSING
+    assert rows["nvdiffrast"].status == WARN and "cpu/nvdiffrast.py" in rows["nvdiffrast"].detail
+    assert "nvdiffrast" in rows["nvdiffrast"].fix
+    assert rows["nerfacc kernels"].status == MISSING  # not installed at all
+    rows = {r.name: r for r in doctor.check_cuda_pieces(gpu=True, importable=lambda n: n == "nerfacc")}
+    assert rows["nerfacc kernels"].status == WARN and "nvcc" in rows["nerfacc kernels"].detail
     rows = {r.name: r for r in doctor.check_cuda_pieces(gpu=True, importable=none, have_tcnn_fallback=False)}
     assert rows["tinycudann"].status == MISSING
     rows = {r.name: r for r in doctor.check_cuda_pieces(gpu=False, importable=lambda n: n == "nerfacc")}
@@ -79,6 +84,27 @@ def test_cuda_pieces_say_which_fallback_stands_in():
     assert "cpu/nvdiffrast.py" in rows["nvdiffrast"].detail and "cpu/nerfacc.py" in rows["nerfacc kernels"].detail
     rows = {r.name: r for r in doctor.check_cuda_pieces(gpu=True, importable=lambda n: True)}
     assert rows["tinycudann"].status == OK and rows["nvdiffrast"].status == OK
+
+
+def test_a_gpu_run_without_a_cuda_extension_goes_through_the_stand_ins(make_ctx_default, monkeypatch):
+    from threestudio_dreambooth3d.pipeline import commands
+
+    monkeypatch.setattr(commands, "missing_cuda_pieces", lambda: ["tinycudann"])
+    assert "threestudio_dreambooth3d.cpu.compat" in commands.launch_command(make_ctx_default, "stage1").argv
+    monkeypatch.setattr(commands, "missing_cuda_pieces", lambda: [])
+    argv = commands.launch_command(make_ctx_default, "stage1").argv
+    assert "threestudio_dreambooth3d.cpu.compat" not in argv and argv[1].endswith("launch.py")
+
+
+@pytest.fixture
+def make_ctx_default(tmp_path):
+    from threestudio_dreambooth3d.pipeline.context import RunContext
+    from threestudio_dreambooth3d.pipeline.presets import get_preset
+
+    root = _checkout(tmp_path)
+    return RunContext(out=tmp_path / "out", subject=tmp_path, class_noun="dog", prompt=PROMPT,
+                      preset=get_preset("default"), model="org/sd", threestudio_root=root,
+                      configs_dir=REPO / "configs")
 
 
 # -- model, disk, threestudio -----------------------------------------------------------------

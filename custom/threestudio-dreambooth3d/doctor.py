@@ -204,7 +204,10 @@ def _importable(name: str) -> bool:
 
 def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = _importable,
                       have_tcnn_fallback: Optional[bool] = None) -> List[Check]:
-    """tinycudann / nvdiffrast / nerfacc's CUDA kernels, and what stands in when one is missing."""
+    """tinycudann / nvdiffrast / nerfacc's CUDA kernels, and what stands in when one is missing.
+
+    Without one, ``run`` launches threestudio through ``cpu.compat``, which puts pure-torch
+    versions in place (slower); on a CPU they are what the smoke preset runs on."""
     if have_tcnn_fallback is None:
         have_tcnn_fallback = importlib.util.find_spec("threestudio_dreambooth3d.cpu.tinycudann") is not None
     tcnn_cmd = "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
@@ -212,18 +215,19 @@ def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = _importable
     rows = []
     if importable("tinycudann"):
         rows.append(Check("tinycudann", OK, "installed"))
-    elif not gpu:
-        rows.append(Check("tinycudann", INFO, "not installed: CPU stand-in (cpu/compat.py, smoke preset)"))
-    elif have_tcnn_fallback:
-        rows.append(Check("tinycudann", WARN, "not installed: pure-torch fallback (slower)", tcnn_cmd))
+    elif not have_tcnn_fallback:
+        rows.append(Check("tinycudann", MISSING if gpu else INFO, "not installed: the hash-grid NeRF needs it",
+                          tcnn_cmd))
     else:
-        rows.append(Check("tinycudann", MISSING, "not installed: the hash-grid NeRF needs it", tcnn_cmd))
+        rows.append(Check("tinycudann", WARN if gpu else INFO,
+                          "not installed: pure-torch fallback (cpu/tinycudann.py)" + (", slower" if gpu else ""),
+                          tcnn_cmd))
     if importable("nvdiffrast.torch"):
         rows.append(Check("nvdiffrast", OK, "installed"))
-    elif not gpu:
-        rows.append(Check("nvdiffrast", INFO, "not installed: pure-torch rasteriser (cpu/nvdiffrast.py, smoke preset)"))
     else:
-        rows.append(Check("nvdiffrast", MISSING, "not installed: the mesh export bakes textures with it", nvd_cmd))
+        rows.append(Check("nvdiffrast", WARN if gpu else INFO,
+                          "not installed: pure-torch rasteriser for the mesh export (cpu/nvdiffrast.py)"
+                          + (", slower" if gpu else ""), nvd_cmd))
     if not importable("nerfacc"):
         rows.append(Check("nerfacc kernels", MISSING, "nerfacc not installed", 'pip install "nerfacc>=0.5.2,<0.6"'))
     elif not gpu:
@@ -231,9 +235,8 @@ def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = _importable
     elif shutil.which("nvcc") or os.environ.get("CUDA_HOME"):
         rows.append(Check("nerfacc kernels", OK, "built by nerfacc on first use (nvcc found)"))
     else:
-        rows.append(Check("nerfacc kernels", WARN, "no nvcc to build nerfacc's CUDA kernels: "
-                          "pure-torch packed ops if the fallback is installed, else the first stage fails",
-                          "install the CUDA toolkit (nvcc) matching torch, or a prebuilt nerfacc wheel"))
+        rows.append(Check("nerfacc kernels", WARN, "no nvcc to build nerfacc's CUDA kernels: pure-torch packed ops "
+                          "(cpu/nerfacc.py), slower", "install the CUDA toolkit (nvcc) matching torch"))
     return rows
 
 

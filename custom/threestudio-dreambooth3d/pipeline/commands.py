@@ -157,6 +157,13 @@ def _trial(step: str, ctx: RunContext) -> List[str]:
     return [dot("exp_root_dir", ctx.out), f"name={step}", f"tag={TRIAL_TAG}", "use_timestamp=false", f"seed={ctx.seed}"]
 
 
+def missing_cuda_pieces() -> List[str]:
+    """threestudio's CUDA extensions that are not installed here (cpu.compat stands in for them)."""
+    import importlib.util
+
+    return [m for m in ("tinycudann", "nvdiffrast") if importlib.util.find_spec(m) is None]
+
+
 def launch_command(ctx: RunContext, step: str) -> Command:
     """threestudio's launch.py for ``stage1``, ``stage2``, ``stage3`` or ``export``.
 
@@ -194,8 +201,9 @@ def launch_command(ctx: RunContext, step: str) -> Command:
     dotlist = _trial(step, ctx) + dotlist + list(p.overrides.get(step, [])) + list(ctx.overrides.get(step, []))
     launch = str(ctx.threestudio_root / "launch.py")
     args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
-    if p.cpu:
-        # same launch.py, on the CPU (see threestudio_dreambooth3d.cpu.compat)
+    if p.cpu or missing_cuda_pieces():
+        # same launch.py through cpu.compat: on the CPU, or on a GPU with pure-torch stand-ins
+        # for the CUDA extensions that are not installed (it changes nothing that works)
         argv = [ctx.python, "-m", "threestudio_dreambooth3d.cpu.compat",
                 "--threestudio-root", str(ctx.threestudio_root), launch, *args]
     else:
