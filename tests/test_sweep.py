@@ -225,6 +225,9 @@ def test_local_executor_runs_one_cell_per_gpu_and_a_failure_does_not_stop_the_re
     text = stream.getvalue()
     assert "sweep: FAILED bear/a-sks-stuffed-animal/latentnerf: boom (log: " in text
     assert re.search(r"sweep: 5/8 done \(0 already\), 0 running, 0 queued, 3 failed, 0 to go", text)
+    state = json.loads((tmp_path / "sweep" / "progress.json").read_text())  # for watchers elsewhere
+    assert (state["done"], state["failed"], state["to_go"]) == (5, 3, 0)
+    assert {f["key"] for f in state["failures"]} == {k for k, r in records.items() if r["status"] == FAILED}
 
 
 def test_no_more_cells_in_flight_than_the_executor_has_slots(tmp_path):

@@ -103,7 +103,7 @@ class Progress:
         if force or counts_part != (self._last_line or "").split(" | ")[0] or now - self._last_print >= self.every_s:
             self._print(line)
             self._last_line, self._last_print = line, now
-        self._write()
+            self._write()  # as often as the line: not every poll, which may be every second
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
