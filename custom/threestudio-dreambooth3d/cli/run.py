@@ -64,15 +64,19 @@ def build_context(args: argparse.Namespace) -> RunContext:
     preset = get_preset(args.preset)
     overrides = parse_set(args.overrides)
     out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
-    model = args.model or preset.model
-    if model is None:
-        from ..tiny_models.sd import save_tiny_sd
-
-        model = str(save_tiny_sd(out.resolve() / "models" / "tiny-sd"))
+    # the smoke preset's tiny model: its path now, built by build_tiny_model once the checks pass
+    model = args.model or preset.model or str(out.resolve() / "models" / "tiny-sd")
     return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
                       preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
                       threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
                       overrides=overrides)
+
+
+def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
+    if args.model is None and ctx.preset.model is None and not (Path(ctx.model) / "model_index.json").is_file():
+        from ..tiny_models.sd import save_tiny_sd
+
+        save_tiny_sd(Path(ctx.model))
 
 
 def check_environment(args: argparse.Namespace) -> None:
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_configs, check_prompt, check_subject
     from ..pipeline.commands import prepare_workspace
     from ..pipeline.runner import Runner, format_elapsed
+    from ..pipeline.validate import check_stage_configs
 
     if args.start_from:
         args.start_from = step_name(args.start_from)
@@ -117,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             if d.run and cmd is not None:
                 print("    " + cmd.shell())
         return 0
+    check_stage_configs(ctx)  # every stage config + --set override, with threestudio's loader
+    build_tiny_model(args, ctx)
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,

@@ -1,0 +1,197 @@
+"""Resolve every stage's config with threestudio's own loader before any work starts.
+
+``launch.py`` loads a config with ``threestudio.utils.config.load_config`` and then hands
+``cfg.system`` / ``cfg.data`` to the registered classes, which parse them into their
+dataclass ``Config`` (``parse_structured``). An unknown key or a wrong type surfaces only
+then, after the DreamBooth finetune. :func:`validate_stage` does the same parsing for the
+system, each of its parts (geometry, material, background, renderer, guidance, prompt
+processor, exporter), the datamodule and the Lightning trainer/checkpoint options, without
+building anything; user ``--set`` values that name files must exist.
+
+``dreambooth3d run`` calls this in a subprocess (threestudio is imported there through
+``cpu.compat``, as the stages run), with the very command lines the stages will run:
+``python -m threestudio_dreambooth3d.pipeline.validate --threestudio-root DIR < spec.json``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+SYSTEM_PARTS = ("geometry", "material", "background", "renderer", "guidance", "prompt_processor", "exporter")
+# user overrides whose value is a file or folder that must already exist
+_FILE_KEY = re.compile(r"(^|\.)(weights|resume|[a-z_]*_(path|file|ckpt))$")
+
+
+@dataclass
+class StageSpec:
+    step: str
+    config: str
+    dotlist: List[str]
+    user_overrides: List[str] = field(default_factory=list)  # the --set ones, named in errors
+
+
+def _key_error(step: str, prefix: str, err: Exception, user: List[str]) -> str:
+    full = getattr(err, "full_key", None) or ""
+    m = re.search(r"unexpected keyword argument '([^']+)'", str(err))  # a dataclass Config's __init__
+    if m and not full:
+        full, err = m.group(1), type(err)(f"unknown key (not a field of {str(err).split('.__init__')[0]})")
+    key = ".".join(k for k in (prefix, str(full)) if k)
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    source = " (from --set)" if any(o.split("=", 1)[0] == key for o in user) else ""
+    return f"{step}: config key {key}{source}: {first}"
+
+
+def missing_files(spec: StageSpec) -> List[str]:
+    errors = []
+    for item in spec.user_overrides:
+        key, _, value = item.partition("=")
+        value = value.strip().strip("'\"")
+        if _FILE_KEY.search(key) and value and "${" not in value and not Path(value).expanduser().exists():
+            errors.append(f"{spec.step}: --set {key}={value}: no such file or folder")
+    return errors
+
+
+def validate_stage(spec: StageSpec) -> List[str]:
+    """Problems with one stage's config + dotlist, each naming the stage and the key; [] if none."""
+    import pytorch_lightning as pl
+    import threestudio
+    from omegaconf.errors import OmegaConfBaseException
+    from threestudio.utils.config import load_config, parse_structured
+
+    errors = missing_files(spec)
+    if not Path(spec.config).is_file():
+        return errors + [f"{spec.step}: config file {spec.config} not found"]
+    with tempfile.TemporaryDirectory() as tmp:  # load_config creates the trial folder
+        try:
+            cfg = load_config(spec.config, cli_args=list(spec.dotlist), n_gpus=1, exp_root_dir=tmp)
+        except (OmegaConfBaseException, ValueError, TypeError) as e:
+            return errors + [_key_error(spec.step, "", e, spec.user_overrides)]
+
+    def parse(kind: str, type_name: str, prefix: str, values) -> Optional[object]:
+        try:
+            cls = threestudio.find(type_name)
+        except KeyError:
+            errors.append(f"{spec.step}: {prefix}_type={type_name!r} is not a registered threestudio {kind}")
+            return None
+        if not hasattr(cls, "Config"):
+            return None
+        try:
+            return parse_structured(cls.Config, values)
+        except (OmegaConfBaseException, ValueError, TypeError) as e:
+            errors.append(_key_error(spec.step, prefix, e, spec.user_overrides))
+            return None
+
+    system = parse("system", cfg.system_type, "system", cfg.system)
+    if system is not None:
+        for part in SYSTEM_PARTS:
+            type_name = getattr(system, f"{part}_type", None)
+            if type_name:
+                parse(part.replace("_", " "), type_name, f"system.{part}", getattr(system, part))
+    try:
+        threestudio.find(cfg.data_type)(cfg.data)  # datamodules parse their config in __init__ (no I/O)
+    except KeyError:
+        errors.append(f"{spec.step}: data_type={cfg.data_type!r} is not a registered threestudio datamodule")
+    except (OmegaConfBaseException, ValueError, TypeError) as e:
+        errors.append(_key_error(spec.step, "data", e, spec.user_overrides))
+    for section, cls in (("trainer", pl.Trainer), ("checkpoint", pl.callbacks.ModelCheckpoint)):
+        known = _init_keywords(cls)
+        for k in getattr(cfg, section):
+            if k not in known:
+                user = " (from --set)" if any(o.split("=", 1)[0] == f"{section}.{k}" for o in spec.user_overrides) else ""
+                errors.append(f"{spec.step}: config key {section}.{k}{user}: not an option of Lightning's {cls.__name__}")
+    return errors
+
+
+def _init_keywords(cls) -> set:
+    """Named ``__init__`` parameters along the MRO (a wrapper taking ``**kwargs``, such as
+    cpu.compat's Trainer, passes them on to its base)."""
+    import inspect
+
+    names: set = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+            names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+    return names
+
+
+def validate(specs: List[StageSpec]) -> List[str]:
+    return [e for s in specs for e in validate_stage(s)]
+
+
+# -- the caller's side (no threestudio import) ------------------------------------------------
+
+class ConfigValidationError(ValueError):
+    """A stage config or --set override threestudio would reject; the message names stage and key."""
+
+
+def stage_specs(ctx) -> List[StageSpec]:
+    """The config file and dotlist each threestudio step will run with (from its very command).
+    The export loads stage 3's parsed config, which does not exist yet: stage 3's config and
+    dotlist plus the export's stand in for it."""
+    from .steps import STEPS
+
+    specs: Dict[str, StageSpec] = {}
+    for step in STEPS:
+        if not step.needs_threestudio:
+            continue
+        argv = step.command(ctx).argv
+        i = argv.index("--config")
+        config, dotlist = argv[i + 1], [a for a in argv[i + 2:] if "=" in a and not a.startswith("--")]
+        if step.name == "export" and not Path(config).is_file() and "stage3" in specs:
+            config, dotlist = specs["stage3"].config, specs["stage3"].dotlist + dotlist
+        specs[step.name] = StageSpec(step.name, config, dotlist, list(ctx.overrides.get(step.name, [])))
+    return list(specs.values())
+
+
+def check_stage_configs(ctx, timeout: float = 600) -> None:
+    """Run the validation in a subprocess that imports threestudio as the stages will; raises
+    :class:`ConfigValidationError` listing every problem."""
+    import os
+    import subprocess
+
+    specs = stage_specs(ctx)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ctx.threestudio_root),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([ctx.python, "-m", "threestudio_dreambooth3d.pipeline.validate",
+                           "--threestudio-root", str(ctx.threestudio_root)],
+                          input=json.dumps([s.__dict__ for s in specs]), capture_output=True, text=True,
+                          env=env, cwd=str(ctx.threestudio_root), timeout=timeout)
+    result = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith('{"errors"'):
+            result = json.loads(line)
+            break
+    if result is None:
+        tail = "\n    ".join([ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-12:])
+        raise ConfigValidationError(f"could not load the stage configs with threestudio (exit code "
+                                    f"{proc.returncode}):\n    {tail}")
+    if result["errors"]:
+        raise ConfigValidationError("the stage configs do not load in threestudio (nothing was run):\n    "
+                                    + "\n    ".join(result["errors"]))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m threestudio_dreambooth3d.pipeline.validate")
+    p.add_argument("--threestudio-root", required=True)
+    args = p.parse_args(argv)
+    specs = [StageSpec(**d) for d in json.load(sys.stdin)]
+    from ..cpu import compat
+
+    compat.enable(args.threestudio_root)  # imports threestudio as the stages will, registers ours
+    errors = validate(specs)
+    print(json.dumps({"errors": errors}))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

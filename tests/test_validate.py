@@ -1,0 +1,39 @@
+"""What `run` hands threestudio's loader before any work (the loading itself: tests/integration/test_validate.py)."""
+from pathlib import Path
+
+from threestudio_dreambooth3d.pipeline.context import RunContext
+from threestudio_dreambooth3d.pipeline.presets import get_preset
+from threestudio_dreambooth3d.pipeline.validate import StageSpec, missing_files, stage_specs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ctx(tmp_path, overrides):
+    root = tmp_path / "threestudio"
+    (root / "threestudio").mkdir(parents=True)
+    (root / "threestudio" / "__init__.py").write_text("")
+    (root / "launch.py").write_text("")
+    return RunContext(out=tmp_path / "out", subject=tmp_path, class_noun="dog", prompt="a sks dog",
+                      preset=get_preset("smoke"), model=str(tmp_path / "tiny"), threestudio_root=root,
+                      configs_dir=REPO / "configs", overrides=overrides)
+
+
+def test_every_threestudio_step_is_checked_with_its_own_command_line(tmp_path):
+    ctx = _ctx(tmp_path, {"stage1": ["system.no_such_key=1"], "export": ["system.exporter.texture_size=32"]})
+    specs = {s.step: s for s in stage_specs(ctx)}
+    assert list(specs) == ["stage1", "stage2", "stage3", "export"]
+    assert specs["stage1"].config == str(REPO / "configs" / "dreambooth3d-stage1-tiny-cpu.yaml")
+    assert "system.no_such_key=1" in specs["stage1"].dotlist and specs["stage1"].user_overrides == ["system.no_such_key=1"]
+    assert any(d.startswith("system.prompt_processor.prompt=") for d in specs["stage2"].dotlist)
+    # the export loads stage 3's parsed config, not there yet: stage 3's config + dotlist, then the export's
+    assert specs["export"].config == specs["stage3"].config
+    assert specs["export"].dotlist[: len(specs["stage3"].dotlist)] == specs["stage3"].dotlist
+    assert specs["export"].dotlist[-1] == "system.exporter.texture_size=32"
+
+
+def test_user_file_overrides_must_exist(tmp_path):
+    there = tmp_path / "s1.ckpt"
+    there.write_bytes(b"x")
+    spec = StageSpec("stage3", "c.yaml", [], [f"system.weights={tmp_path / 'nope.ckpt'}", f"resume={there}",
+                                             "system.guidance.guidance_scale=7", "data.image_path=${oc.env:X}"])
+    assert missing_files(spec) == [f"stage3: --set system.weights={tmp_path / 'nope.ckpt'}: no such file or folder"]
