@@ -111,6 +111,7 @@ def make_ctx_default(tmp_path):
 
 def test_model_row(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     folder = tmp_path / "sd"
     folder.mkdir()
     assert doctor.check_model(str(folder)).status == MISSING  # no model_index.json

@@ -265,3 +265,42 @@ def test_cli_writes_eval_json_table_and_grid(tmp_path, subject_dir, tiny_clip, t
     whole = json.loads((tmp_path / "whole" / EVAL_JSON).read_text())
     assert whole["clip"][str(tiny_clip)]["clip_i"] < 0.9999
     assert whole["dino"][str(tiny_dino)]["dino"] < 0.9999
+
+
+# --- offline first -----------------------------------------------------------------------
+
+def test_hub_models_offline_fail_before_any_work_naming_the_flags(tiny_clip, tiny_dino, tmp_path, monkeypatch):
+    from threestudio_dreambooth3d.evaluation.run_eval import check_models_available, unavailable_models
+
+    never = dict(cached=lambda s: None, reachable=lambda: pytest.fail("no probe when offline"))
+    cfg = EvalConfig(views=str(tmp_path), prompt=PROMPT, subject=str(tmp_path),
+                     clip_models=[str(tiny_clip), "org/clip"], dino_model="org/dino")
+    with pytest.raises(EvalInputError) as e:
+        check_models_available(cfg, offline=lambda: True, **never)
+    msg = str(e.value)
+    assert "org/clip, org/dino" in msg and "HF_HUB_OFFLINE" in msg
+    assert "--clip-models DIR" in msg and "--dino-model DIR" in msg and "save_pretrained" in msg
+    # no network (not offline by flag): the same, after one quick probe
+    missing, why = unavailable_models(["org/clip"], cached=lambda s: None, offline=lambda: False, reachable=lambda: False)
+    assert missing == ["org/clip"] and "cannot be reached" in why
+    # local folders, a cached hub id, or a reachable hub: nothing to report
+    assert unavailable_models([str(tiny_clip), str(tiny_dino)], offline=lambda: True, **never) == ([], "")
+    assert unavailable_models(["org/clip"], cached=lambda s: "/cache/config.json", offline=lambda: True)[0] == []
+    assert unavailable_models(["org/clip"], cached=lambda s: None, offline=lambda: False, reachable=lambda: True)[0] == []
+    # DINO is only loaded with subject photos: without --subject its hub id does not matter
+    check_models_available(EvalConfig(views=str(tmp_path), prompt=PROMPT, clip_models=[str(tiny_clip)],
+                                      dino_model="org/dino"), offline=lambda: True, **never)
+
+
+def test_eval_cli_offline_with_hub_ids_exits_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("threestudio_dreambooth3d.hub.hub_reachable", lambda timeout=3.0: pytest.fail("probed"))
+    views = tmp_path / "views"
+    views.mkdir()
+    _noise_image(0).save(views / "0.png")
+    code = cli_main(["eval", "--views", str(views), "--prompt", PROMPT, "--clip-models", "org/no-such-clip",
+                     "--dino-model", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "org/no-such-clip" in err and "--clip-models DIR" in err and "save_pretrained" in err
+    assert not (views / "eval").exists()

@@ -243,19 +243,9 @@ def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = _importable
 # -- the base model and the disk -------------------------------------------------------------
 
 def _hub_cached(repo_id: str) -> Optional[str]:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    try:
-        found = try_to_load_from_cache(repo_id, "model_index.json")
-    except Exception:  # not a valid repo id
-        return None
-    return found if isinstance(found, str) else None
+    from .hub import cached_file
 
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return cached_file(repo_id, "model_index.json")
 
 
 def check_model(model: Optional[str], cached: Optional[Callable[[str], Optional[str]]] = None) -> Check:
@@ -272,6 +262,8 @@ def check_model(model: Optional[str], cached: Optional[Callable[[str], Optional[
     hit = cached(model)
     if hit:
         return Check("base model", OK, f"{model} (in the HF cache)")
+    from .hub import hub_offline
+
     if hub_offline():
         return Check("base model", MISSING, f"{model} is not in the HF cache and HF_HUB_OFFLINE is set",
                      "download it once with network access, or pass --model a local folder")

@@ -214,6 +214,44 @@ def _common_folder(files: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent.resolve()) for p in files]))
 
 
+def unavailable_models(sources: Sequence[str], cached=None, offline=None, reachable=None) -> Tuple[List[str], str]:
+    """The hub ids among ``sources`` that cannot be loaded here without waiting on the network,
+    and why: not local folders, not in the HF cache, and the hub is off (HF_HUB_OFFLINE) or unreachable."""
+    from .. import hub
+
+    cached = cached or (lambda s: hub.cached_file(s, "config.json"))
+    offline = offline or hub.hub_offline
+    reachable = reachable or hub.hub_reachable
+    need = [s for s in sources if not Path(s).expanduser().exists() and not cached(s)]
+    if not need:
+        return [], ""
+    if offline():
+        return need, "HF_HUB_OFFLINE is set"
+    if not reachable():
+        return need, "the Hugging Face hub cannot be reached from here"
+    return [], ""
+
+
+def check_models_available(cfg: "EvalConfig", **probes) -> None:
+    """Fail in seconds, naming the flags and how to make local folders, when a model would need the hub."""
+    dino = [cfg.dino_model] if cfg.dino_model and cfg.subject else []
+    missing, why = unavailable_models(list(cfg.clip_models) + dino, **probes)
+    if not missing:
+        return
+    flags = []
+    if set(missing) & set(cfg.clip_models):
+        flags.append("--clip-models DIR [DIR ...]")
+    if set(missing) & set(dino):
+        flags.append("--dino-model DIR (or --dino-model none)")
+    example = missing[0]
+    raise EvalInputError(
+        f"{', '.join(missing)}: not local folders and not in the Hugging Face cache, and {why}. Pass local "
+        f"model folders: {' '.join(flags)}. Make one where there is network, e.g. python -c \"from transformers "
+        f"import AutoModel, AutoProcessor; m='{example}'; AutoModel.from_pretrained(m).save_pretrained('models/x'); "
+        f"AutoProcessor.from_pretrained(m).save_pretrained('models/x')\", then copy the folder here."
+    )
+
+
 def evaluate(cfg: EvalConfig) -> Dict:
     """Score the views, write eval.json and view_grid.png into the output folder, return the results."""
     from .encoders import ClipEncoder, DinoEncoder
@@ -222,6 +260,7 @@ def evaluate(cfg: EvalConfig) -> Dict:
         raise EvalInputError("Pass exactly one of --views DIR_OR_GLOB or --run DIR.")
     if not cfg.prompt or not cfg.prompt.strip():
         raise EvalInputError("--prompt is empty. Pass the prompt the asset was made for, e.g. 'a sks dog wearing a party hat'.")
+    check_models_available(cfg)  # before any image is read: no minute of hub retries
     view_files = list_views(find_run_views(cfg.run) if cfg.run else cfg.views)
     views_folder = _common_folder(view_files)
     out = Path(cfg.out) if cfg.out else (Path(cfg.run) if cfg.run else views_folder) / "eval"
