@@ -520,3 +520,15 @@ def test_set_overrides_parse_per_step():
         "stage1": ["trainer.max_steps=5000"], "export": ["system.exporter.texture_size=2048"]}
     with pytest.raises(ValueError, match="STEP:KEY=VALUE"):
         parse_set(["trainer.max_steps=5"])
+
+
+def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(make_ctx, capsys):
+    from threestudio_dreambooth3d.cli.run import run_steps
+
+    ctx = make_ctx()
+    code = run_steps(Runner(ctx, executor=FakeExecutor(interrupt_on="stage1")))
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.strip() == "dreambooth3d run: interrupted during stage1; rerun the same command to resume"
+    assert "Traceback" not in err
+    assert mf.Manifest(ctx.out).get("stage1").status == mf.RUNNING  # so the rerun resumes it

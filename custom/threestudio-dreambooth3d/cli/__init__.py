@@ -41,6 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\ndreambooth3d {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         # user-facing problems (bad photos, missing model folder, mismatched run): one clear line
         print(f"dreambooth3d {args.command}: error: {e}", file=sys.stderr)

@@ -79,6 +79,18 @@ def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
         save_tiny_sd(Path(ctx.model))
 
 
+def run_steps(runner, start_from=None) -> int:
+    """Run the steps; Ctrl-C prints one line naming the step (its record stays "running", so the
+    same command resumes it) and gives exit code 130, no traceback."""
+    try:
+        runner.run(start_from)
+    except KeyboardInterrupt:
+        print(f"\ndreambooth3d run: interrupted during {runner.current or 'start-up'}; "
+              "rerun the same command to resume", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
 def check_environment(args: argparse.Namespace) -> None:
     """``dreambooth3d doctor``'s checks for this preset, before anything is built: a missing piece
     stops the run here (a dry run only warns), warnings are printed."""
@@ -129,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
                                   "threestudio": str(ctx.threestudio_root), "argv": sys.argv})
     t0 = time.monotonic()
-    runner.run(args.start_from)
+    if run_steps(runner, args.start_from) != 0:
+        return 130
     print(f"DreamBooth3D finished in {format_elapsed(time.monotonic() - t0)}: open {ctx.out / 'summary.html'}")
     return 0

@@ -89,6 +89,7 @@ class Runner:
         self.steps = list(steps)
         self.executor = executor
         self.manifest = Manifest(ctx.out)
+        self.current: Optional[str] = None  # the step running now (named when interrupted)
 
     # -- deciding ----------------------------------------------------------------------
     def inputs(self, step: Step) -> Dict:
@@ -144,7 +145,9 @@ class Runner:
                 print(f"{head}: skipped ({d.reason})", flush=True)
                 continue
             print(f"{head}: {d.step.title} ({d.reason})", flush=True)
+            self.current = d.step.name
             elapsed = self._run_step(d)
+            self.current = None
             print(f"{head}: done in {format_elapsed(elapsed)}", flush=True)
         return self.manifest
 
