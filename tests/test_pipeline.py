@@ -393,13 +393,16 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio, monkeypatch)
     assert Path(export.argv[export.argv.index("--config") + 1]) == ctx.parsed_config("stage3")
 
 
-def test_smoke_runs_launch_py_through_the_cpu_wrapper_with_tiny_configs(make_ctx, fake_threestudio):
-    ctx = make_ctx(overrides={"stage1": ["system.guidance.guidance_scale=50"]})
+def test_smoke_runs_launch_py_through_the_cpu_wrapper_with_the_real_configs(make_ctx, fake_threestudio):
+    ctx = make_ctx(overrides={"stage1": ["system.guidance.guidance_scale=50", "data.width=48"]})
     cmd = commands.launch_command(ctx, "stage1")
     assert cmd.argv[:3] == [ctx.python, "-m", "threestudio_dreambooth3d.cpu.compat"]
     assert cmd.argv[3:6] == ["--threestudio-root", str(fake_threestudio), str(fake_threestudio / "launch.py")]
-    assert cmd.argv[cmd.argv.index("--config") + 1].endswith("dreambooth3d-stage1-tiny-cpu.yaml")
-    assert _dotlist(cmd).system.guidance.guidance_scale == 50  # user override, last so it wins
+    assert cmd.argv[cmd.argv.index("--config") + 1].endswith("configs/dreambooth3d-stage1.yaml")
+    dotlist = _dotlist(cmd)
+    assert dotlist.system.guidance.guidance_scale == 50  # user override, last so it wins
+    assert dotlist.data.width == 48 and dotlist.data.height == 32  # ... over the CPU override set
+    assert dotlist.trainer.max_steps == 2
     assert cmd.env["PYTHONPATH"].split(":")[0] == str(fake_threestudio)
     assert shlex.split(cmd.shell().split(" && ", 1)[1])[1:] == cmd.argv  # pasteable, env first
 

@@ -28,7 +28,7 @@ BLOBS = "dreambooth3d-test-blobs"
 CENTERS = torch.tensor([[0.45, 0.0, 0.0], [-0.25, 0.45, 0.2], [0.0, -0.4, -0.25], [-0.3, -0.1, 0.45]])
 RADII = torch.tensor([0.3, 0.25, 0.22, 0.18])
 COLORS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.15, 0.2, 0.9], [0.95, 0.9, 0.1]])
-FIT_STEPS = 300
+FIT_STEPS = 100
 N_VIEWS = 8
 
 
@@ -75,6 +75,8 @@ def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudi
     from threestudio.systems.utils import parse_optimizer
     from threestudio.utils.config import load_config
 
+    from threestudio_dreambooth3d.cpu import smoke
+
     register_blobs(threestudio)
     monkeypatch.chdir(tmp_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -83,12 +85,12 @@ def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudi
         "system.prompt_processor.prompt=a sks dog", f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
         f"system.guidance.checkpoint={dreambooth_run}", f"exp_root_dir={tmp_path}", "use_timestamp=false",
         "system.pseudo_view_shading=albedo",  # no lighting: the test is about cameras
-        # a little more capacity than the smoke NeRF, so 300 steps fit the spheres
-        "system.geometry.pos_encoding_config.n_frequencies=6", "system.geometry.mlp_network_config.n_neurons=64",
-    ]
+        # fewer samples per ray than the configs' 512 keep 100 fitting steps quick on a CPU
+        "system.renderer.num_samples_per_ray=128",
+    ] + smoke.STAGE[:4]  # the real stage configs at the CPU render size
 
     # -- stage 2 on the known scene: test phase of the system, as launch.py --test runs it
-    cfg2 = load_config(str(CONFIGS / "dreambooth3d-stage2-tiny-cpu.yaml"), n_gpus=1, cli_args=common + [
+    cfg2 = load_config(str(CONFIGS / "dreambooth3d-stage2.yaml"), n_gpus=1, cli_args=common + [
         f"system.pseudo_views_dir={pseudo_dir}", "system.guidance.translation_strength=0",
         f"data.n_test_views={N_VIEWS}", "data.eval_elevations_deg=[0,30]"])
     cfg2.system.geometry_type, cfg2.system.geometry = BLOBS, {"radius": 2.0}
@@ -102,7 +104,7 @@ def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudi
     assert (pseudo_dir / "cameras.json").is_file()
 
     # -- stage 3's reconstruction alone on a fresh NeRF, fed by the datamodule
-    cfg3 = load_config(str(CONFIGS / "dreambooth3d-stage3-tiny-cpu.yaml"), n_gpus=1, cli_args=common + [
+    cfg3 = load_config(str(CONFIGS / "dreambooth3d-stage3.yaml"), n_gpus=1, cli_args=common + [
         f"data.pseudo_views_dir={pseudo_dir}", "system.loss.lambda_sds=0", "system.loss.lambda_rec=1"])
     torch.manual_seed(1)
     random.seed(1)

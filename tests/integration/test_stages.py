@@ -1,4 +1,5 @@
-"""The three stages through threestudio's own launch.py, with the tiny-cpu configs and the tiny model.
+"""The three stages through threestudio's own launch.py: the real configs with the CPU override set
+(``threestudio_dreambooth3d.cpu.smoke``) and the tiny model.
 
 The commands are the ones docs/THREESTUDIO.md gives (and the pipeline builds): stage 1
 --train, stage 2 --test resume=<stage-1 ckpt>, stage 3 --train from the pseudo views.
@@ -11,6 +12,7 @@ import os
 import runpy
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -29,12 +31,16 @@ def project(tmp_path_factory, threestudio):
     return root
 
 
-def launch(project: Path, threestudio_root: Path, config: str, mode: str, *overrides: str) -> Path:
-    """``python launch.py --config configs/<config> <mode> <overrides>`` in-process; returns the trial dir."""
-    name = config.replace(".yaml", "")
-    argv = [str(threestudio_root / "launch.py"), "--config", str(CONFIGS / config), mode,
+def launch(project: Path, threestudio_root: Path, stage: str, mode: str, *overrides: str,
+           name: Optional[str] = None) -> Path:
+    """``python launch.py --config configs/<name>.yaml <mode> <CPU overrides of stage> <overrides>``
+    in-process (``name`` defaults to dreambooth3d-<stage>); returns the trial dir."""
+    from threestudio_dreambooth3d.cpu import smoke
+
+    name = name or f"dreambooth3d-{stage}"
+    argv = [str(threestudio_root / "launch.py"), "--config", str(CONFIGS / f"{name}.yaml"), mode,
             f"exp_root_dir={project / 'outputs'}", f"name={name}", "tag=trial", "use_timestamp=false",
-            f"system.prompt_processor.prompt={PROMPT}", *overrides]
+            f"system.prompt_processor.prompt={PROMPT}", *smoke.overrides(stage), *overrides]
     old = (os.getcwd(), sys.argv, os.environ.get("CUDA_VISIBLE_DEVICES"))
     # launch.py restyles every handler of this logger through handler.stream, which
     # pytest's capture handlers lack: hide those during the run
@@ -65,14 +71,14 @@ def model_args(tiny_sd_path, checkpoint):
 
 @pytest.fixture(scope="module")
 def stage1(project, threestudio_root, tiny_sd_path, dreambooth_run):
-    return launch(project, threestudio_root, "dreambooth3d-stage1-tiny-cpu.yaml", "--train", "trainer.max_steps=1",
+    return launch(project, threestudio_root, "stage1", "--train", "trainer.max_steps=1",
                   *model_args(tiny_sd_path, dreambooth_run))
 
 
 @pytest.fixture(scope="module")
 def stage2(project, threestudio_root, tiny_sd_path, dreambooth_run, stage1):
     out = project / "pseudo_views"
-    launch(project, threestudio_root, "dreambooth3d-stage2-tiny-cpu.yaml", "--test",
+    launch(project, threestudio_root, "stage2", "--test",
            f"resume={stage1 / 'ckpts' / 'last.ckpt'}", f"system.pseudo_views_dir={out}",
            *model_args(tiny_sd_path, dreambooth_run))
     return out
@@ -142,7 +148,7 @@ def test_stage2_writes_a_complete_pseudo_view_set_of_the_stage1_nerf(threestudio
 def test_stage3_trains_sds_plus_reconstruction_from_the_stage1_weights(threestudio, project, threestudio_root,
                                                                       tiny_sd_path, dreambooth_run, stage1, stage2):
     stage1_ckpt = stage1 / "ckpts" / "last.ckpt"
-    trial = launch(project, threestudio_root, "dreambooth3d-stage3-tiny-cpu.yaml", "--train", "trainer.max_steps=1",
+    trial = launch(project, threestudio_root, "stage3", "--train", "trainer.max_steps=1",
                    f"data.pseudo_views_dir={stage2}", f"system.weights={stage1_ckpt}",
                    *model_args(tiny_sd_path, dreambooth_run / "checkpoints" / "full"))
     m = metrics(trial)
@@ -155,6 +161,20 @@ def test_stage3_trains_sds_plus_reconstruction_from_the_stage1_weights(threestud
     geometry = [k for k in before if k.startswith("geometry.") and before[k].is_floating_point()]
     assert max((after[k] - before[k]).abs().max().item() for k in geometry) < 0.05
     assert any(not torch.equal(after[k], before[k]) for k in geometry)
+
+
+def test_baseline_trains_plain_sds_with_the_full_model(threestudio, project, threestudio_root, tiny_sd_path,
+                                                       dreambooth_run):
+    trial = launch(project, threestudio_root, "stage1", "--train", "trainer.max_steps=1",
+                   *model_args(tiny_sd_path, dreambooth_run), name="dreamboothfusion-baseline")
+    m = metrics(trial)
+    assert math.isfinite(m["train/loss_sds"]) and "train/loss_rec" not in m
+    from threestudio.utils.config import load_config
+
+    parsed = load_config(str(trial / "configs" / "parsed.yaml"))
+    assert parsed.system.guidance.checkpoint_name == "full"
+    assert parsed.system.geometry.pos_encoding_config.otype == "ProgressiveBandHashGrid"  # the real NeRF
+    assert state_dict(trial / "ckpts" / "last.ckpt")["global_step"] == 1
 
 
 def test_stage3_without_pseudo_views_says_what_to_set(threestudio, stage1):

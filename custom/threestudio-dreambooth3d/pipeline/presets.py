@@ -6,13 +6,16 @@ hyperparameters live in the threestudio configs, as a threestudio user expects; 
 only picks the configs and adds dotlist overrides.
 
 ``smoke`` runs every stage on a CPU in a few minutes with the tiny random SD from
-``threestudio_dreambooth3d.tiny_models.sd`` and the CPU configs: a set-up check before spending
-GPU hours, and what the end-to-end test runs. Its pictures are noise by design.
+``threestudio_dreambooth3d.tiny_models.sd`` and the same configs, scaled down only by the
+overrides of :mod:`threestudio_dreambooth3d.cpu.smoke`: a set-up check before spending GPU
+hours, and what the end-to-end test runs. Its pictures are noise by design.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+from ..cpu import smoke
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
@@ -23,7 +26,7 @@ class Preset:
     description: str
     # base model; None = build the tiny random SD into OUT/models/tiny-sd
     model: Optional[str]
-    # threestudio on the CPU through cpu_compat (never silently on a GPU run)
+    # a CPU run: finetune on the CPU, no GPU required (launch.py runs through cpu.compat on every machine)
     cpu: bool
     # DreamBooth: steps, the step of the early "partial" checkpoint, the multi-view continuation
     finetune_steps: int
@@ -64,11 +67,9 @@ PRESETS: Dict[str, Preset] = {
         partial_step=2,
         multiview_steps=2,
         num_class_images=2,
-        configs={stage: name.replace(".yaml", "-tiny-cpu.yaml") for stage, name in STAGE_CONFIGS.items()},
-        # the tiny configs already train 2 steps. A 2-step NeRF is still the initial density blob,
-        # below threestudio's fixed threshold: "auto" takes the mean density. A small texture
-        # keeps the CPU rasteriser quick.
-        overrides={"export": ["system.geometry.isosurface_threshold=auto", "system.exporter.texture_size=64"]},
+        configs=dict(STAGE_CONFIGS),
+        # the real configs, scaled down (render size, steps, views, isosurface grid, texture)
+        overrides={step: smoke.overrides(step) for step in ("stage1", "stage2", "stage3", "export")},
     ),
 }
 

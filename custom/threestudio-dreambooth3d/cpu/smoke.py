@@ -1,0 +1,42 @@
+"""The only keys a CPU run changes in the real stage configs (smoke preset, threestudio-tier tests).
+
+Why this exists: there is one set of stage configs, the one a GPU user runs (hash grid,
+SH environment map, 512 samples per ray, SD guidance and loss schedules). On a CPU the
+pure-torch stand-ins (:mod:`.tinycudann`, :mod:`.nerfacc`) run them as they are; only
+what scales the work down is overridden, and only here, so the smoke run and the tests
+exercise every other key. docs/THREESTUDIO.md lists the set. Precision needs no key:
+``cpu.compat`` runs ``16-mixed`` as fp32 and the guidance loads fp32 weights on a CPU. The
+model path and checkpoints are the pipeline's usual keys.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+RENDER_SIZE = 32  # training and evaluation renders (the tiny SD's own image size)
+TRAIN_STEPS = 2
+
+# every NeRF stage config (dreambooth3d-stage{1,2,3}.yaml, dreamboothfusion-baseline.yaml)
+STAGE: List[str] = [
+    # render resolution (the latent resolution follows the model)
+    f"data.width={RENDER_SIZE}", f"data.height={RENDER_SIZE}",
+    f"data.eval_width={RENDER_SIZE}", f"data.eval_height={RENDER_SIZE}",
+    # steps: training steps, validation once at the end, a 4-view orbit
+    f"trainer.max_steps={TRAIN_STEPS}", f"trainer.val_check_interval={TRAIN_STEPS}",
+    "data.n_val_views=1", "data.n_test_views=4",
+]
+
+OVERRIDES: Dict[str, List[str]] = {
+    "stage1": STAGE,
+    "stage2": STAGE + ["system.guidance.translation_steps=4"],  # img2img denoising steps
+    "stage3": STAGE,
+    # the export reads stage 3's parsed config: marching cubes on a 32^3 grid, a 64 px texture. A
+    # 2-step NeRF is still the initial density blob, below threestudio's fixed threshold: "auto"
+    # takes the mean density.
+    "export": ["system.geometry.isosurface_resolution=32", "system.geometry.isosurface_threshold=auto",
+               "system.exporter.texture_size=64"],
+}
+
+
+def overrides(step: str) -> List[str]:
+    """The CPU dotlist overrides of a pipeline step (``stage1``, ``stage2``, ``stage3``, ``export``)."""
+    return list(OVERRIDES.get(step, []))
