@@ -22,7 +22,7 @@ def test_every_threestudio_step_is_checked_with_its_own_command_line(tmp_path):
     ctx = _ctx(tmp_path, {"stage1": ["system.no_such_key=1"], "export": ["system.exporter.texture_size=32"]})
     specs = {s.step: s for s in stage_specs(ctx)}
     assert list(specs) == ["stage1", "stage2", "stage3", "export"]
-    assert specs["stage1"].config == str(REPO / "configs" / "dreambooth3d-stage1-tiny-cpu.yaml")
+    assert specs["stage1"].config == str(REPO / "configs" / "dreambooth3d-stage1.yaml")  # the real config
     assert "system.no_such_key=1" in specs["stage1"].dotlist and specs["stage1"].user_overrides == ["system.no_such_key=1"]
     assert any(d.startswith("system.prompt_processor.prompt=") for d in specs["stage2"].dotlist)
     # the export loads stage 3's parsed config, not there yet: stage 3's config + dotlist, then the export's
