@@ -1,4 +1,4 @@
-"""What `run` hands threestudio's loader before any work (the loading itself: tests/integration/test_validate.py)."""
+"""What `run` hands threestudio's loader before any work (the loading itself: tests/integration/test_validate_with_threestudio.py)."""
 from pathlib import Path
 
 from threestudio_dreambooth3d.pipeline.context import RunContext
