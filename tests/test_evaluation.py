@@ -304,3 +304,36 @@ def test_eval_cli_offline_with_hub_ids_exits_at_once(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert code == 2 and "org/no-such-clip" in err and "--clip-models DIR" in err and "save_pretrained" in err
     assert not (views / "eval").exists()
+
+
+def test_mesh_pictures_show_the_mesh_in_its_colours(tmp_path):
+    import trimesh
+
+    from threestudio_dreambooth3d.pipeline.artifacts import render_mesh_views
+
+    for name, rgb in (("red", (220, 20, 20, 255)), ("blue", (20, 20, 220, 255))):
+        box = trimesh.creation.box(extents=(1.0, 0.6, 0.8))
+        box.visual.vertex_colors = np.tile(rgb, (len(box.vertices), 1))
+        obj = tmp_path / f"{name}.obj"
+        box.export(obj)
+        strip = np.asarray(Image.open(render_mesh_views(obj, tmp_path / f"{name}.png", n_views=4, size=64)))
+        assert strip.shape == (64, 256, 3)
+        for k in range(4):  # every view shows the box: non-white pixels of its colour
+            panel = strip[:, 64 * k: 64 * (k + 1)].reshape(-1, 3).astype(int)
+            drawn = panel[panel.sum(1) < 700]
+            assert len(drawn) > 200
+            main, other = (0, 2) if name == "red" else (2, 0)
+            assert (drawn[:, main] > 2 * drawn[:, other]).mean() > 0.9
+
+
+def test_eval_warns_when_the_prompt_lacks_the_identifier(tmp_path, tiny_clip):
+    views = tmp_path / "views"
+    views.mkdir()
+    _noise_image(0).save(views / "0.png")
+    results = evaluate(EvalConfig(views=str(views), prompt="a dog wearing a hat", clip_models=[str(tiny_clip)],
+                                  dino_model=None, device="cpu"))
+    assert any("does not contain the identifier 'sks'" in w for w in results["warnings"])
+    assert json.loads(Path(results["eval_json"]).read_text())["warnings"] == results["warnings"]
+    ok = evaluate(EvalConfig(views=str(views), prompt=PROMPT, clip_models=[str(tiny_clip)], dino_model=None,
+                             device="cpu", out=str(tmp_path / "e2")))
+    assert ok["warnings"] == []

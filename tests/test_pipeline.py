@@ -535,3 +535,29 @@ def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(make_ctx, capsys):
     assert err.strip() == "dreambooth3d run: interrupted during stage1; rerun the same command to resume"
     assert "Traceback" not in err
     assert mf.Manifest(ctx.out).get("stage1").status == mf.RUNNING  # so the rerun resumes it
+
+
+def test_summary_shows_the_mesh_as_pictures_the_warnings_and_the_scores(make_ctx):
+    from PIL import Image
+
+    from threestudio_dreambooth3d.pipeline.summary import update_eval_section
+
+    ctx = make_ctx()
+    runner = Runner(ctx, executor=FakeExecutor())
+    runner.manifest.set_run_info({"warnings": ["the prompt 'a dog' does not contain the identifier 'sks'"]})
+    runner.run()
+    page = (ctx.out / "summary.html").read_text()
+    assert "<img src='results/mesh_views.png'" in page
+    with Image.open(ctx.results_dir / "mesh_views.png") as views:
+        assert views.size == (4 * 256, 256) and views.convert("L").getextrema()[0] < 250  # something drawn
+    assert "warning: the prompt &#x27;a dog&#x27; does not contain the identifier" in page
+    assert "Not evaluated yet" in page
+    results = {"prompt": "a sks dog", "clip_prompt": "a dog", "views": {"count": 3, "folder": "x"},
+               "clip": {"tiny-clip": {"r_precision": 0.5, "clip_t": 0.25, "clip_i": None}},
+               "dino": {"tiny-dino": {"dino": 0.75}}, "warnings": ["no identifier in the prompt"]}
+    assert update_eval_section(ctx.out / "summary.html", results)
+    page = (ctx.out / "summary.html").read_text()
+    assert "R-precision 0.5000, CLIP-T 0.2500" in page and "DINO 0.7500" in page
+    assert "warning: no identifier in the prompt" in page and "Not evaluated yet" not in page
+    assert "<img src='results/mesh_views.png'" in page  # the rest of the page is kept
+    assert not update_eval_section(ctx.out / "nowhere.html", results)

@@ -62,9 +62,17 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.run_eval import evaluate, format_table
 
+    from pathlib import Path
+
+    from ..pipeline.summary import update_eval_section
+
     results = evaluate(config_from_args(args))
+    for w in results.get("warnings", []):
+        print(f"dreambooth3d eval: warning: {w}", file=sys.stderr)
     print(format_table(results))
     print(f"wrote {results['eval_json']} and {results['grid']}")
+    if args.run and update_eval_section(Path(args.run) / "summary.html", results):
+        print(f"added the scores to {Path(args.run) / 'summary.html'}")
     return 0
 
 

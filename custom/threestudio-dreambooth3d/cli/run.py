@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     if args.start_from:
         args.start_from = step_name(args.start_from)
     warning = check_prompt(args.prompt, args.identifier, args.class_noun)
-    for w in ([warning] if warning else []) + check_subject(Path(args.subject)):
+    warnings = ([warning] if warning else []) + check_subject(Path(args.subject))
+    for w in warnings:
         _warn(w)
     check_environment(args)
     ctx = build_context(args)
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
-                                  "threestudio": str(ctx.threestudio_root), "argv": sys.argv})
+                                  "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
+                                  "warnings": warnings})  # shown on summary.html
     t0 = time.monotonic()
     if run_steps(runner, args.start_from) != 0:
         return 130

@@ -283,7 +283,12 @@ def evaluate(cfg: EvalConfig) -> Dict:
         "clip": {},
         "dino": {},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "warnings": [],
     }
+    if cfg.identifier and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", cfg.prompt):
+        results["warnings"].append(
+            f"the prompt {cfg.prompt!r} does not contain the identifier {cfg.identifier!r}: scoring a prompt "
+            "other than the one the asset was made for, or a run made without its subject")
     for source in dict.fromkeys(cfg.clip_models):
         enc = ClipEncoder.load(source, device=cfg.device)
         img = enc.embed_images(views, cfg.batch_size)

@@ -11,6 +11,9 @@ from .manifest import raise_if_disk_full
 _IT = re.compile(r"^it(\d+)-")
 
 
+MESH_VIEWS = "mesh_views.png"  # results/: rendered pictures of the exported mesh
+
+
 def latest(save_dir: Path, suffix: str) -> Optional[Path]:
     """threestudio names results ``it{step}-{suffix}`` in a trial's save/; the highest step wins."""
     found = [(int(m.group(1)), p) for p in Path(save_dir).glob(f"it*-{suffix}") if (m := _IT.match(p.name))]
@@ -50,3 +53,49 @@ def obj_to_glb(obj: Path, glb: Path) -> dict:
 def mesh_files(export_dir: Path) -> List[Path]:
     """The OBJ, its MTL and texture images as threestudio's mesh exporter wrote them."""
     return sorted(p for p in Path(export_dir).iterdir() if p.is_file())
+
+
+def render_mesh_views(mesh_path: Path, out_png: Path, n_views: int = 4, size: int = 256,
+                      elevation_deg: float = 20.0) -> Path:
+    """A strip of ``n_views`` pictures of the mesh around its up axis (z, threestudio's), so the
+    summary shows the mesh itself. Pure numpy + PIL: flat-shaded faces painted far to near,
+    coloured by the texture (or vertex colours) when the mesh has one."""
+    import numpy as np
+    import trimesh
+    from PIL import Image, ImageDraw
+
+    mesh = trimesh.load(mesh_path, force="mesh", process=False)
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    visual = mesh.visual
+    try:
+        if getattr(visual, "kind", None) == "texture":
+            visual = visual.to_color()  # samples the texture at each vertex's UV
+        colors = np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        if colors.shape != (len(v), 3):
+            raise ValueError("no per-vertex colours")
+    except Exception:  # no texture or vertex colours
+        colors = np.full((len(v), 3), 0.8)
+    face_rgb = colors[f].mean(axis=1) if len(f) else np.zeros((0, 3))
+    v = v - (v.min(0) + v.max(0)) / 2
+    v /= max(np.abs(v).max(), 1e-8)
+    strip = Image.new("RGB", (size * n_views, size), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    el = np.radians(elevation_deg)
+    for k in range(n_views):
+        az = 2 * np.pi * k / n_views
+        rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+        rx = np.array([[1, 0, 0], [0, np.cos(el), -np.sin(el)], [0, np.sin(el), np.cos(el)]])
+        p = v @ (rx @ rz).T  # view space: x right, y depth (away), z up
+        tri = p[f]
+        normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
+        shade = 0.35 + 0.65 * np.abs(normals @ np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5]))
+        order = np.argsort(-tri[:, :, 1].mean(axis=1))  # far to near
+        xy = np.stack([(tri[:, :, 0] * 0.45 + 0.5) * size + k * size, (0.5 - tri[:, :, 2] * 0.45) * size], -1)
+        rgb = np.clip(face_rgb * shade[:, None] * 255, 0, 255).astype(int)
+        for i in order:
+            draw.polygon([tuple(pt) for pt in xy[i]], fill=tuple(rgb[i]))
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(out_png)
+    return out_png

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core.subject import sha256_files
-from .artifacts import copy_into, latest, mesh_files, obj_to_glb
+from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views
 from .commands import Command, finetune_command, launch_command
 from .context import RunContext
 
@@ -175,7 +175,7 @@ class Export(ThreestudioStage):
     upstream = ("stage3",)
 
     def work_paths(self, ctx):
-        return [ctx.trial_dir(self.name), ctx.mesh_dir]
+        return [ctx.trial_dir(self.name), ctx.mesh_dir, ctx.results_dir / MESH_VIEWS]
 
     def collect(self, ctx):
         export_dir = latest(ctx.save_dir(self.name), "export")
@@ -188,7 +188,8 @@ class Export(ThreestudioStage):
             raise RuntimeError(f"no OBJ in {export_dir}; see {ctx.logs_dir / 'export.log'}.")
         glb = obj.with_suffix(".glb")
         obj_to_glb(obj, glb)
-        return {**{f"mesh:{n}": p for n, p in files.items()}, "glb": glb}
+        views = render_mesh_views(obj, ctx.results_dir / MESH_VIEWS)  # the summary shows the mesh, not only links
+        return {**{f"mesh:{n}": p for n, p in files.items()}, "glb": glb, "mesh_views": views}
 
 
 class Summary(Step):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from .artifacts import copy_into
+from .artifacts import MESH_VIEWS, copy_into
 from .context import RunContext
 from .manifest import Manifest, raise_if_disk_full
 
@@ -36,8 +36,55 @@ def _sections(ctx: RunContext, manifest: Manifest) -> Dict[str, List[str]]:
         "videos": [v for v in videos if have(v)],
         "contact_sheet": [r for r in [f"{results}/pseudo_views.png"] if have(r)],
         "mesh": mesh,
+        "mesh_views": [r for r in [f"{results}/{MESH_VIEWS}"] if have(r)],
         "checkpoints": [c for c in checkpoints if have(c)],
     }
+
+
+EVAL_BEGIN, EVAL_END = "<!--eval-->", "<!--/eval-->"  # `dreambooth3d eval --run OUT` rewrites this part
+
+
+def eval_section_html(results: Optional[Dict]) -> str:
+    """The evaluation part of summary.html: the metrics of OUT/eval/eval.json, or how to get them."""
+    e = html.escape
+    if not results:
+        return (f"{EVAL_BEGIN}<h2>Evaluation</h2><p>Not evaluated yet: <code>dreambooth3d eval --run OUT "
+                f"--subject PHOTOS --prompt PROMPT</code> adds the scores here.</p>{EVAL_END}")
+    rows = []
+    for model, m in results.get("clip", {}).items():
+        rows.append((f"CLIP {model}", [("R-precision", m.get("r_precision")), ("CLIP-T", m.get("clip_t")),
+                                       ("CLIP-I", m.get("clip_i"))]))
+    for model, m in results.get("dino", {}).items():
+        rows.append((f"DINO {model}", [("DINO", m.get("dino"))]))
+    body = "".join(f"<tr><td>{e(name)}</td><td>" + ", ".join(
+        f"{k} {v:.4f}" for k, v in vals if isinstance(v, (int, float))) + "</td></tr>" for name, vals in rows)
+    views = results.get("views", {})
+    warn = "".join(f"<p class='warn'>warning: {e(w)}</p>" for w in results.get("warnings", []))
+    return (f"{EVAL_BEGIN}<h2>Evaluation</h2>{warn}<p>{views.get('count', '?')} views of "
+            f"<code>{e(str(views.get('folder', '')))}</code>, prompt <i>{e(str(results.get('prompt', '')))}</i> "
+            f"(CLIP sees <i>{e(str(results.get('clip_prompt', '')))}</i>).</p><table>{body}</table>{EVAL_END}")
+
+
+def update_eval_section(summary_html: Path, results: Dict) -> bool:
+    """Put ``results`` into an existing summary.html; False if there is none (or no eval part)."""
+    if not summary_html.is_file():
+        return False
+    text = summary_html.read_text()
+    a, b = text.find(EVAL_BEGIN), text.find(EVAL_END)
+    if a < 0 or b < 0:
+        return False
+    _write(summary_html, text[:a] + eval_section_html(results) + text[b + len(EVAL_END):])
+    return True
+
+
+def _eval_results(ctx: RunContext) -> Optional[Dict]:
+    import json
+
+    path = ctx.out / "eval" / "eval.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def write_summary(ctx: RunContext, manifest: Manifest, photos: Sequence[Path]) -> Dict[str, Path]:
@@ -52,7 +99,9 @@ def write_summary(ctx: RunContext, manifest: Manifest, photos: Sequence[Path]) -
     md += [f"![{p.name}]({ctx.rel(p)})" for p in subject]
     md += ["", "## Turntables", ""] + [f"- [{Path(v).name}]({v})" for v in sec["videos"]]
     md += ["", "## Pseudo multi-view images (stage 2)", ""] + [f"![pseudo views]({c})" for c in sec["contact_sheet"]]
-    md += ["", "## Mesh", ""] + [f"- [{Path(m).name}]({m})" for m in sec["mesh"]]
+    warnings = list(manifest.run_info.get("warnings", []))
+    md[4:4] = [f"> warning: {w}" for w in warnings] + ([""] if warnings else [])
+    md += ["", "## Mesh", ""] + [f"![mesh]({v})" for v in sec["mesh_views"]] + [f"- [{Path(m).name}]({m})" for m in sec["mesh"]]
     md += ["", "## Checkpoints", ""] + [f"- `{c}`" for c in sec["checkpoints"]]
     md += ["", "## Steps", "", "| step | status | time (s) | finished |", "| --- | --- | --- | --- |"]
     md += [f"| {r.name} | {r.status} | {r.elapsed_s} | {r.finished_at or ''} |" for r in steps]
@@ -65,7 +114,7 @@ def write_summary(ctx: RunContext, manifest: Manifest, photos: Sequence[Path]) -
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img.t{height:128px;margin:2px}"
          "video{width:320px;margin:4px}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap}"
-         "td,th{padding:2px 10px;text-align:left}</style></head><body>",
+         "td,th{padding:2px 10px;text-align:left}.warn{color:#a40}</style></head><body>",
          f"<h1>{e(title)}</h1><p>Subject <code>{e(str(ctx.subject))}</code> ({len(photos)} photos, class "
          f"<i>{e(ctx.class_noun)}</i>, identifier <code>{e(ctx.identifier)}</code>), base model "
          f"<code>{e(ctx.model)}</code>, preset <code>{e(ctx.preset.name)}</code>.</p>",
@@ -74,7 +123,10 @@ def write_summary(ctx: RunContext, manifest: Manifest, photos: Sequence[Path]) -
              f"<figure style='display:inline-block'><video src='{e(v)}' controls loop autoplay muted></video>"
              f"<figcaption>{e(Path(v).name)}</figcaption></figure>" for v in sec["videos"]),
          "<h2>Pseudo multi-view images (stage 2)</h2>" + "".join(f"<img src='{e(c)}'>" for c in sec["contact_sheet"]),
-         "<h2>Mesh</h2><ul>" + "".join(f"<li><a href='{e(m)}'>{e(Path(m).name)}</a></li>" for m in sec["mesh"]) + "</ul>",
+         "".join(f"<p class='warn'>warning: {e(w)}</p>" for w in warnings),
+         "<h2>Mesh</h2>" + "".join(f"<img src='{e(v)}' alt='the exported mesh'>" for v in sec["mesh_views"])
+         + "<ul>" + "".join(f"<li><a href='{e(m)}'>{e(Path(m).name)}</a></li>" for m in sec["mesh"]) + "</ul>",
+         eval_section_html(_eval_results(ctx)),
          "<h2>Checkpoints</h2><ul>" + "".join(f"<li><code>{e(c)}</code></li>" for c in sec["checkpoints"]) + "</ul>",
          "<h2>Steps</h2><table><tr><th>step</th><th>status</th><th>time (s)</th><th>finished</th></tr>" + "".join(
              f"<tr><td>{e(r.name)}</td><td>{e(r.status)}</td><td>{r.elapsed_s}</td><td>{e(r.finished_at or '')}</td></tr>"
