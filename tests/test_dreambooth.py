@@ -194,3 +194,108 @@ def test_finetune_cli_reports_bad_subject_folder(tiny_sd_path, tmp_path, capsys)
 def test_model_folder_without_model_index_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a diffusers model folder.*save_pretrained"):
         load_sd_components(tmp_path)
+
+
+def _continue(tiny_sd_path, subject_dir, out, init, **kw):
+    """A short continued run (no prior images, so it takes a moment) from checkpoint ``init``."""
+    cfg = make_cfg(tiny_sd_path, subject_dir, out, init_checkpoint=str(init), prior_preservation=False,
+                   max_steps=2, checkpoint_steps={"multiview": 2}, **kw)
+    trainer = DreamBoothTrainer(cfg)
+    trainer.train()
+    return trainer, out / "checkpoints" / "multiview"
+
+
+def test_continued_checkpoint_keeps_the_text_encoder_it_started_from(tiny_sd_path, subject_dir, tmp_path):
+    first = DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, tmp_path / "first", prior_preservation=False,
+                                       max_steps=3, checkpoint_steps={"full": 3}, train_text_encoder=True,
+                                       learning_rate=1e-2))
+    first.train()
+    ids = first.components.tokenize(["a sks dog"])
+    with torch.no_grad():
+        trained_emb = first.components.text_encoder(ids)[0]
+        base_emb = load_sd_components(tiny_sd_path).text_encoder(ids)[0]
+    assert not torch.allclose(trained_emb, base_emb, atol=1e-4)  # the first run really trained it
+    _, cont = _continue(tiny_sd_path, subject_dir, tmp_path / "cont", tmp_path / "first" / "checkpoints" / "full")
+    with torch.no_grad():
+        reloaded_emb = load_sd_components(tiny_sd_path, checkpoint=cont).text_encoder(ids)[0]
+    assert torch.allclose(reloaded_emb, trained_emb, atol=1e-5)
+    assert checkpoints.read_meta(cont)["text_encoder_trained"]
+
+
+def test_lora_continued_from_a_full_unet_reloads_to_the_trained_weights(tiny_sd_path, subject_dir, tmp_path):
+    DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, tmp_path / "first", prior_preservation=False, mode="full",
+                               max_steps=3, checkpoint_steps={"full": 3}, learning_rate=1e-3)).train()
+    trainer, cont = _continue(tiny_sd_path, subject_dir, tmp_path / "cont", tmp_path / "first" / "checkpoints" / "full",
+                              mode="lora", learning_rate=1e-2)
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
+    emb = trainer.components.encode_prompts(["a sks dog", "a dog"])
+    with torch.no_grad():
+        mem_out = trainer.components.unet(x, t, encoder_hidden_states=emb).sample
+        disk_out = load_sd_components(tiny_sd_path, checkpoint=cont).unet(x, t, encoder_hidden_states=emb).sample
+        full_out = load_sd_components(tiny_sd_path, checkpoint=tmp_path / "first" / "checkpoints" / "full").unet(
+            x, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(disk_out, mem_out, atol=1e-5)
+    assert not torch.allclose(disk_out, full_out, atol=1e-4)  # the LoRA run changed it further
+    # the LoRA itself stays an adapter file; the full UNet it sits on is kept beside it
+    assert all("lora" in k for k in load_file(str(cont / "unet.safetensors")))
+
+
+@pytest.mark.parametrize("first_mode, first_te, mode, te", [
+    ("lora", True, "full", False),   # LoRA text encoder kept while the UNet goes full
+    ("lora", False, "lora", True),   # continued UNet LoRA keeps its own rank; new text-encoder LoRA
+    ("full", True, "full", False),   # full text encoder kept
+])
+def test_every_chain_reloads_exactly_what_was_in_memory(tiny_sd_path, subject_dir, tmp_path, first_mode, first_te, mode, te):
+    DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, tmp_path / "first", prior_preservation=False, mode=first_mode,
+                               max_steps=2, checkpoint_steps={"full": 2}, train_text_encoder=first_te,
+                               learning_rate=1e-2, lora_rank=2)).train()
+    trainer, cont = _continue(tiny_sd_path, subject_dir, tmp_path / "cont", tmp_path / "first" / "checkpoints" / "full",
+                              mode=mode, train_text_encoder=te, learning_rate=1e-3, lora_rank=4)
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
+    ids = trainer.components.tokenize(["a sks dog", "a dog"])
+    loaded = load_sd_components(tiny_sd_path, checkpoint=cont)
+    with torch.no_grad():
+        mem_emb, disk_emb = trainer.components.text_encoder(ids)[0], loaded.text_encoder(ids)[0]
+        mem_out = trainer.components.unet(x, t, encoder_hidden_states=mem_emb).sample
+        disk_out = loaded.unet(x, t, encoder_hidden_states=mem_emb).sample
+    assert torch.allclose(disk_emb, mem_emb, atol=1e-5)
+    assert torch.allclose(disk_out, mem_out, atol=1e-5)
+
+
+class _StubScheduler:
+    """add_noise hands the UNet the noise itself, so a stub UNet can return noise + a known error."""
+
+    config = type("Cfg", (), {"num_train_timesteps": 1000})()
+
+    def add_noise(self, latents, noise, t):
+        return noise
+
+
+class _StubUNet(torch.nn.Module):
+    """Prediction = input + the per-item error carried in the text conditioning's first entry."""
+
+    dtype = torch.float32
+
+    def forward(self, noisy, t, encoder_hidden_states):
+        return type("Out", (), {"sample": noisy + encoder_hidden_states[:, :1, :1, None]})()
+
+
+@pytest.mark.parametrize("is_prior", [[False, False, True, True], [True, False, True, False]])
+def test_instance_and_prior_losses_average_their_own_rows(is_prior):
+    from types import SimpleNamespace
+
+    trainer = DreamBoothTrainer.__new__(DreamBoothTrainer)  # no model: loss() on a stub UNet
+    trainer.cfg = SimpleNamespace(prior_loss_weight=0.5)
+    trainer.device = torch.device("cpu")
+    trainer.components = SimpleNamespace(unet=_StubUNet(), scheduler=_StubScheduler(), prediction_type="epsilon")
+    errors = torch.tensor([1.0, 2.0, 3.0, 4.0])  # per-item MSE = error^2 = 1, 4, 9, 16
+    batch = {"latents": torch.zeros(4, 4, 2, 2), "cond": errors[:, None, None].expand(4, 3, 5).clone(),
+             "is_prior": torch.tensor(is_prior)}
+    out = trainer.loss(batch, torch.Generator().manual_seed(0))
+    sq = errors ** 2
+    prior = torch.tensor(is_prior)
+    assert out["instance_loss"].item() == pytest.approx(sq[~prior].mean().item())
+    assert out["prior_loss"].item() == pytest.approx(sq[prior].mean().item())
+    assert out["loss"].item() == pytest.approx(sq[~prior].mean().item() + 0.5 * sq[prior].mean().item())

@@ -52,3 +52,33 @@ def test_view_prompt_uses_threestudios_suffix():
     assert views.view_prompt("a sks dog", None) == "a sks dog"
     with pytest.raises(ValueError, match="unknown view 'top'"):
         views.view_prompt("a sks dog", "top")
+
+
+def test_view_prompts_take_thresholds_and_style_from_a_prompt_processor_config():
+    # threestudio's prefix style (view_dependent_prompt_front) says "backside view of", not "back view of"
+    vp = views.ViewPrompts.from_config({"front_threshold": 30.0, "back_threshold": 60.0, "overhead_threshold": 50.0,
+                                        "view_dependent_prompt_front": True, "prompt": "ignored"})
+    ele = torch.tensor([0.0, 0.0, 0.0, 55.0, 10.0])
+    azi = torch.tensor([20.0, 40.0, 130.0, 0.0, -170.0])
+    assert vp.names(ele, azi) == ["front", "side", "back", "overhead", "back"]
+    assert vp.names(ele, azi) == [views.VIEWS[i] for i in _threestudio_direction_idx(ele, azi, 30.0, 60.0, 50.0)]
+    assert vp.prompts("a sks dog", ele, azi) == [
+        "front view of a sks dog", "side view of a sks dog", "backside view of a sks dog",
+        "overhead view of a sks dog", "backside view of a sks dog"]
+    # absent keys (and None) keep threestudio's defaults; the suffix style is the default
+    default = views.ViewPrompts.from_config({"front_threshold": None})
+    assert default == views.ViewPrompts() and default.thresholds["front_threshold"] == 45.0
+    assert default.prompts("a sks dog", ele, azi)[1] == "a sks dog, front view"
+
+
+def test_view_prompts_read_attribute_configs_too():
+    from dataclasses import dataclass
+
+    @dataclass
+    class PromptProcessorConfig:  # the shape of threestudio's parsed Config
+        front_threshold: float = 10.0
+        view_dependent_prompt_front: bool = False
+
+    vp = views.ViewPrompts.from_config(PromptProcessorConfig())
+    assert vp.front_threshold == 10.0 and vp.back_threshold == 45.0
+    assert vp.names(0.0, 20.0) == ["side"]

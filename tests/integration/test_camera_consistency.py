@@ -2,10 +2,11 @@
 
 A known scene (four coloured spheres placed asymmetrically, an analytic radiance field
 rendered by threestudio's nerf-volume-renderer) goes through the real stage-2 path: the
-dreambooth3d-system's test phase renders the datamodule's orbit cameras and writes the
-pseudo-view set (translation strength 0, so the images are the renders). A fresh tiny
-NeRF is then fitted with stage 3's reconstruction loss alone (SDS weight 0), fed by the
-datamodule's pseudo views, and rendered back at the stored cameras.
+dreambooth3d-system's test phase renders the datamodule's test cameras (random viewpoints,
+stage 2's default, or the orbit option) and writes the pseudo-view set (translation
+strength 0, so the images are the renders). A fresh tiny NeRF is then fitted with stage
+3's reconstruction loss alone (SDS weight 0), fed by the datamodule's pseudo views, and
+rendered back at the stored cameras.
 
 Threshold (PSNR > 25 dB on the 8 views). Measured on this CPU: with the cameras as
 written the fit reaches ~28.5 dB after 250 steps and ~30.7 dB after 400. Fitting the same
@@ -69,8 +70,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("test_cameras", ["random", "orbit"])
 def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudio, tiny_sd_path, dreambooth_run,
-                                                                       tmp_path, monkeypatch):
+                                                                       tmp_path, monkeypatch, test_cameras):
     import pytorch_lightning as pl
     from threestudio.systems.utils import parse_optimizer
     from threestudio.utils.config import load_config
@@ -92,7 +94,7 @@ def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudi
     # -- stage 2 on the known scene: test phase of the system, as launch.py --test runs it
     cfg2 = load_config(str(CONFIGS / "dreambooth3d-stage2.yaml"), n_gpus=1, cli_args=common + [
         f"system.pseudo_views_dir={pseudo_dir}", "system.guidance.translation_strength=0",
-        f"data.n_test_views={N_VIEWS}", "data.eval_elevations_deg=[0,30]"])
+        f"data.n_test_views={N_VIEWS}", "data.eval_elevations_deg=[0,30]", f"data.test_cameras={test_cameras}"])
     cfg2.system.geometry_type, cfg2.system.geometry = BLOBS, {"radius": 2.0}
     torch.manual_seed(0)
     known = threestudio.find(cfg2.system_type)(cfg2.system)
@@ -102,10 +104,16 @@ def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudi
     pl.Trainer(accelerator="gpu", devices=1, logger=False, enable_progress_bar=False).test(
         known, datamodule=threestudio.find(cfg2.data_type)(cfg2.data))
     assert (pseudo_dir / "cameras.json").is_file()
+    from threestudio_dreambooth3d.core.pseudo_views import read_pseudo_views
+
+    stored = read_pseudo_views(pseudo_dir).cameras
+    distances = {round(c["distance"], 4) for c in stored}
+    assert (len(distances) > 1) == (test_cameras == "random")  # random viewpoints, not the fixed orbit
 
     # -- stage 3's reconstruction alone on a fresh NeRF, fed by the datamodule
     cfg3 = load_config(str(CONFIGS / "dreambooth3d-stage3.yaml"), n_gpus=1, cli_args=common + [
-        f"data.pseudo_views_dir={pseudo_dir}", "system.loss.lambda_sds=0", "system.loss.lambda_rec=1"])
+        f"data.pseudo_views_dir={pseudo_dir}", "system.loss.lambda_sds=0", "system.loss.lambda_rec=1",
+        "system.rec_mask_weighting=false"])  # every pixel, as measured below: empty space must stay empty
     torch.manual_seed(1)
     random.seed(1)
     fresh = threestudio.find(cfg3.system_type)(cfg3.system).to(device)

@@ -112,3 +112,37 @@ def test_missing_pseudo_view_set_names_the_folder(threestudio, tmp_path):
     dm = threestudio.find("pseudo-multiview-datamodule")({**TINY, "pseudo_views_dir": str(tmp_path / "nowhere")})
     with pytest.raises(FileNotFoundError, match="nowhere"):
         dm.setup("fit")
+
+
+def test_random_test_cameras_are_drawn_from_the_training_ranges_and_seeded(threestudio):
+    from threestudio_dreambooth3d.core import cameras
+
+    def test_batches(**kw):
+        dm = threestudio.find("pseudo-multiview-datamodule")({**TINY, "test_cameras": "random", **kw})
+        dm.setup("test")
+        return list(dm.test_dataloader())
+
+    batches = test_batches()
+    assert len(batches) == 6 and batches[0]["height"] == 32
+    expected = cameras.random_cameras(6, (-10.0, 45.0), (-180.0, 180.0), (1.5, 2.0), (40.0, 70.0), 32, 32, seed=0)
+    for key in ("c2w", "fovy", "elevation", "azimuth", "camera_distances"):
+        torch.testing.assert_close(torch.cat([b[key] for b in batches]), expected[key], msg=key)
+    assert torch.cat([b["camera_distances"] for b in batches]).unique().numel() == 6  # not the orbit's one distance
+    # the same seed reproduces them, another seed moves them
+    again = test_batches()
+    assert all(torch.equal(a["c2w"], b["c2w"]) for a, b in zip(batches, again))
+    other = test_batches(test_camera_seed=1)
+    assert not torch.equal(torch.cat([b["c2w"] for b in other]), expected["c2w"])
+    # rays through threestudio's helpers for each drawn camera
+    from threestudio.utils.ops import get_ray_directions, get_rays
+
+    b = batches[3]
+    dirs = get_ray_directions(32, 32, 1.0)
+    dirs[..., :2] = dirs[..., :2] / (0.5 * 32 / torch.tan(b["fovy"] / 2))
+    _, rays_d = get_rays(dirs, b["c2w"], keepdim=True, normalize=True)
+    torch.testing.assert_close(b["rays_d"], rays_d, atol=1e-5, rtol=0)
+
+
+def test_unknown_test_cameras_kind_is_named(threestudio):
+    with pytest.raises(ValueError, match="data.test_cameras must be one of orbit, random"):
+        threestudio.find("pseudo-multiview-datamodule")({**TINY, "test_cameras": "spiral"})

@@ -75,11 +75,18 @@ def stage1(project, threestudio_root, tiny_sd_path, dreambooth_run):
                   *model_args(tiny_sd_path, dreambooth_run))
 
 
+SCENE_PROMPT = "a sks dog wearing a party hat"
+# the prompt processor's view settings, which stage 2's captions must follow
+VIEW_SETTINGS = {"front_threshold": 60.0, "back_threshold": 30.0, "view_dependent_prompt_front": True}
+
+
 @pytest.fixture(scope="module")
 def stage2(project, threestudio_root, tiny_sd_path, dreambooth_run, stage1):
     out = project / "pseudo_views"
     launch(project, threestudio_root, "stage2", "--test",
            f"resume={stage1 / 'ckpts' / 'last.ckpt'}", f"system.pseudo_views_dir={out}",
+           f"system.prompt_processor.prompt={SCENE_PROMPT}",
+           *[f"system.prompt_processor.{k}={v}" for k, v in VIEW_SETTINGS.items()],
            *model_args(tiny_sd_path, dreambooth_run))
     return out
 
@@ -126,12 +133,17 @@ def test_stage2_writes_a_complete_pseudo_view_set_of_the_stage1_nerf(threestudio
     assert len(s) == 4 and s.images.shape == (4, 32, 32, 3)
     assert s.masks is not None and s.renders is not None
     assert Image.open(stage2 / "contact_sheet.png").size[0] >= 2 * 32
-    # the cameras are the stage-2 orbit (azimuth 0/90/180/270, elevation ramped 0 -> 30)
-    orbit = cameras.orbit_cameras(4, [0.0, 30.0], 2.0, 70.0, 32, 32)
+    # the cameras are random viewpoints drawn from the config's training ranges (seed 0), not an orbit
+    orbit = cameras.random_cameras(4, (-10.0, 45.0), (-180.0, 180.0), (1.5, 2.0), (40.0, 70.0), 32, 32, seed=0)
     torch.testing.assert_close(torch.tensor([c["c2w"] for c in s.cameras]), orbit["c2w"], atol=1e-5, rtol=0)
-    assert [c["fovy_deg"] for c in s.cameras] == pytest.approx([70.0] * 4)
-    names = views.view_names(orbit["elevation"], orbit["azimuth"])
-    assert s.captions == [f"{PROMPT}, {v} view" for v in names]
+    assert [c["fovy_deg"] for c in s.cameras] == pytest.approx(torch.rad2deg(orbit["fovy"]).tolist(), abs=1e-4)
+    # captions: the checkpoint's subject prompt (not the scene prompt), in the prompt processor's
+    # style and with its thresholds, as stage 3's SDS prompts name these cameras
+    vp = views.ViewPrompts(**VIEW_SETTINGS)
+    names = vp.names(orbit["elevation"], orbit["azimuth"])
+    assert names != views.view_names(orbit["elevation"], orbit["azimuth"])  # the settings matter here
+    assert s.captions == [vp.prompt(PROMPT, v) for v in names]
+    assert [c["view"] for c in s.cameras] == names
     # the renders are the stage-1 NeRF seen from those cameras, the images their translation
     system, cfg = fresh_system(threestudio, stage1)
     system.load_state_dict(state_dict(stage1 / "ckpts" / "last.ckpt")["state_dict"])
@@ -189,3 +201,25 @@ def test_stage2_is_not_a_training_run(threestudio, stage1):
     system.cfg.stage = 2
     with pytest.raises(ValueError, match="--test resume="):
         system.on_fit_start()
+
+
+def test_stage3_reconstruction_is_weighted_by_the_dilated_pseudo_view_mask(threestudio, stage1, monkeypatch):
+    system, cfg = fresh_system(threestudio, stage1)
+    render = torch.zeros(1, 8, 8, 3)
+    monkeypatch.setattr(system.renderer, "forward", lambda **kw: {"comp_rgb": render, "opacity": torch.full((1, 8, 8, 1), 0.5)})
+    mask = torch.zeros(1, 8, 8, 1)
+    mask[:, 2:5, 2:5] = 1.0
+    target = torch.ones(1, 8, 8, 3)
+    target[:, 1:6, 1:6] = 0.0  # matches the render on the mask grown by one pixel, differs outside it
+    pseudo = {"rays_o": None, "rays_d": None, "light_positions": None, "rgb": target, "mask": mask}
+    system.cfg.rec_mask_weighting, system.cfg.rec_mask_dilation = True, 1
+    assert system.reconstruction_losses(pseudo)["loss_rec"].item() == 0.0
+    system.cfg.rec_mask_dilation = 2  # grown by two: the differing ring counts, the rest of the background not
+    ring = 7 * 7 - 5 * 5
+    assert system.reconstruction_losses(pseudo)["loss_rec"].item() == pytest.approx(ring / 49, rel=1e-5)
+    system.cfg.rec_mask_weighting = False  # every pixel, as before
+    assert system.reconstruction_losses(pseudo)["loss_rec"].item() == pytest.approx((64 - 25) / 64, rel=1e-5)
+    del pseudo["mask"]
+    system.cfg.rec_mask_weighting = True
+    with pytest.raises(ValueError, match="rec_mask_weighting"):
+        system.reconstruction_losses(pseudo)

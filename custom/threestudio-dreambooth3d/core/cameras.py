@@ -19,6 +19,7 @@ Batches use threestudio's keys and units: ``elevation``/``azimuth`` in degrees,
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -179,6 +180,51 @@ def orbit_cameras(n_views: int, elevation_deg: Union[float, Sequence[float]] = 1
         raise ValueError(f"elevation_deg: give one value, a (low, high) pair or {n_views} values, "
                          f"got {elevation.numel()}")
     return camera_from_spherical(elevation, azimuth, distance, fovy_deg, height, width, with_rays=with_rays)
+
+
+def random_cameras(n_views: int, elevation_range_deg: Tuple[float, float] = (-10.0, 90.0),
+                   azimuth_range_deg: Tuple[float, float] = (-180.0, 180.0),
+                   distance_range: Tuple[float, float] = (1.0, 1.5), fovy_range_deg: Tuple[float, float] = (40.0, 70.0),
+                   height: int = 64, width: int = 64, seed: int = 0, uniform_azimuth: bool = True,
+                   with_rays: bool = False) -> Dict[str, object]:
+    """``n_views`` cameras drawn as threestudio's training cameras draw them, reproducibly.
+
+    The distributions of ``RandomCameraIterableDataset.collate`` (threestudio/data/uncond.py)
+    for the given ranges: elevation uniform in angle or uniform on the sphere (a coin flip
+    per view; threestudio flips once per batch, the same mixture for independent draws),
+    azimuth stratified so the views cover the range (``batch_uniform_azimuth``; plain
+    uniform when ``uniform_azimuth`` is False), distance and fovy uniform. The random
+    camera/centre/up perturbations are left out: the cameras look at the origin, as the
+    eval cameras do, so a view's name (front/back...) follows from its angles.
+    Views come in azimuth order when stratified. Same arguments, same cameras (a private
+    generator seeded with ``seed``; the global RNG is untouched).
+    """
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    ranges = {"elevation_range_deg": elevation_range_deg, "azimuth_range_deg": azimuth_range_deg,
+              "distance_range": distance_range, "fovy_range_deg": fovy_range_deg}
+    for name, r in ranges.items():
+        if len(r) != 2 or float(r[0]) > float(r[1]):
+            raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {list(r)}")
+    # the poles have no 'up' (look_at needs it); threestudio's default range reaches 90
+    e_lo, e_hi = max(float(elevation_range_deg[0]), -89.0), min(float(elevation_range_deg[1]), 89.0)
+    g = torch.Generator().manual_seed(int(seed))
+
+    def uniform(lo: float, hi: float, u: Optional[torch.Tensor] = None) -> torch.Tensor:
+        u = torch.rand(n_views, generator=g) if u is None else u
+        return u * (float(hi) - float(lo)) + float(lo)
+
+    on_sphere = torch.rand(n_views, generator=g) >= 0.5
+    uniform_angle = uniform(e_lo, e_hi)
+    sin_lo, sin_hi = math.sin(math.radians(e_lo)), math.sin(math.radians(e_hi))
+    sphere = torch.rad2deg(torch.asin(uniform(sin_lo, sin_hi)))  # inverse-transform sampling
+    elevation = torch.where(on_sphere, sphere, uniform_angle)
+    a_lo, a_hi = azimuth_range_deg
+    u = (torch.rand(n_views, generator=g) + torch.arange(n_views)) / n_views if uniform_azimuth else None
+    azimuth = uniform(a_lo, a_hi, u)
+    distance = uniform(*distance_range)
+    fovy = uniform(*fovy_range_deg)
+    return camera_from_spherical(elevation, azimuth, distance, fovy, height, width, with_rays=with_rays)
 
 
 def select_cameras(cameras: Dict[str, object], index) -> Dict[str, object]:

@@ -1,9 +1,17 @@
 """DreamBooth checkpoints on disk: safetensors weights + a small JSON, written atomically.
 
 A checkpoint folder holds ``dreambooth.json`` (written last: its presence marks a
-complete checkpoint), ``unet.safetensors`` and, when the text encoder was trained,
-``text_encoder.safetensors``. In ``lora`` mode those hold only the LoRA weights; in
-``full`` mode the whole module. Either applies on top of the base model it names.
+complete checkpoint) and the weights of each module it changes (``unet``,
+``text_encoder``). A module's weights are one or two *layers* applied in order on
+top of the base model the JSON names: ``full`` (the whole module's weights) and/or
+``lora`` (adapter weights, with their rank and alpha). ``meta["weights"]`` lists them.
+
+A checkpoint is self-contained: it loads to exactly the weights that were in memory
+when it was written, whatever chain of runs produced them. A run continued from
+another checkpoint (``--init-checkpoint``) therefore also writes what it started
+from and did not train itself: a text encoder trained by the first run and frozen in
+the second, or the full UNet a LoRA run sits on. Nothing refers back to the parent
+folder, which may be moved or deleted.
 """
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Collection, Dict, List, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,7 +27,9 @@ from safetensors.torch import load_file, save_file
 from . import lora
 
 META_FILE = "dreambooth.json"
-FORMAT = "dreambooth3d-checkpoint/1"
+FORMAT = "dreambooth3d-checkpoint/2"
+MODULES = ("unet", "text_encoder")
+LORA_TARGETS = {"unet": lora.UNET_TARGETS, "text_encoder": lora.TEXT_ENCODER_TARGETS}
 
 
 def atomic_write_dir(target: Path, write_fn) -> Path:
@@ -67,52 +77,85 @@ def read_meta(path: Union[str, Path]) -> Dict[str, Any]:
     return json.loads((path / META_FILE).read_text())
 
 
+def weight_layers(meta: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """Module name -> its layers ``[{"kind": "full"|"lora", "file", ("rank", "alpha")}]``, in load order."""
+    if "weights" in meta:
+        return meta["weights"]
+    # format 1: one layer per module, of the run's mode; the text encoder only when trained
+    layer = {"kind": meta["mode"]}
+    if meta["mode"] == "lora":
+        layer.update(rank=meta["lora_rank"], alpha=meta["lora_alpha"])
+    names = ["unet"] + (["text_encoder"] if meta.get("text_encoder_trained") else [])
+    return {m: [{**layer, "file": f"{m}.safetensors"}] for m in names}
+
+
+def module_files(path: Union[str, Path], module: str) -> List[Path]:
+    """The weight files a checkpoint holds for ``module`` (empty when it keeps the base's)."""
+    return [Path(path) / layer["file"] for layer in weight_layers(read_meta(path)).get(module, [])]
+
+
 def save_checkpoint(
     path: Union[str, Path],
-    unet: torch.nn.Module,
-    text_encoder: Optional[torch.nn.Module],
+    modules: Dict[str, Tuple[torch.nn.Module, bool]],
     meta: Dict[str, Any],
 ) -> Path:
-    """Write a checkpoint of the trainable weights. ``meta['mode']`` is 'lora' or 'full'."""
-    mode = meta["mode"]
+    """Write ``modules`` (name -> (module, base_changed)) as they are now.
 
-    def weights(module):
-        if mode == "lora":
-            return lora.lora_state_dict(module)
-        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    ``base_changed`` says the module's plain weights differ from the base model's (a
+    full finetune, a loaded full checkpoint or a merged LoRA): they are written whole.
+    LoRA adapters present in the module are written as a ``lora`` layer on top.
+    A module with neither is left out (the base's weights are used on load).
+    """
+    layers: Dict[str, List[Dict[str, Any]]] = {}
+    tensors: Dict[str, Dict[str, torch.Tensor]] = {}
+    for name, (module, base_changed) in modules.items():
+        adapter = lora.lora_shape(module)
+        out: List[Dict[str, Any]] = []
+        if base_changed:
+            # the LoRA run's own file keeps the plain name; the full weights under it are its base
+            out.append({"kind": "full", "file": f"{name}.base.safetensors" if adapter else f"{name}.safetensors"})
+            tensors[out[-1]["file"]] = lora.base_state_dict(module)
+        if adapter:
+            out.append({"kind": "lora", "file": f"{name}.safetensors", "rank": adapter[0], "alpha": adapter[1]})
+            tensors[out[-1]["file"]] = lora.lora_state_dict(module)
+        if out:
+            layers[name] = out
 
     def write(tmp: Path) -> None:
-        save_file(weights(unet), str(tmp / "unet.safetensors"))
-        if text_encoder is not None:
-            save_file(weights(text_encoder), str(tmp / "text_encoder.safetensors"))
-        full_meta = {"format": FORMAT, **meta, "text_encoder_trained": text_encoder is not None}
+        for file, state in tensors.items():
+            save_file(state, str(tmp / file))
+        full_meta = {"format": FORMAT, **meta, "weights": layers, "text_encoder_trained": "text_encoder" in layers}
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2))
 
     return atomic_write_dir(Path(path), write)
 
 
-def load_into(module: torch.nn.Module, weights_file: Path, meta: Dict[str, Any], targets) -> None:
-    """Load one module's checkpoint weights into ``module`` (adds LoRA layers if needed)."""
-    state = load_file(str(weights_file))
-    if meta["mode"] == "lora":
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        if not any(isinstance(m, BaseTunerLayer) for m in module.modules()):
-            lora.add_lora(module, meta["lora_rank"], meta["lora_alpha"], targets)
+def load_layer(module: torch.nn.Module, folder: Path, layer: Dict[str, Any], targets) -> None:
+    """Load one weight layer into ``module`` (adds LoRA layers if needed)."""
+    state = load_file(str(folder / layer["file"]))
+    if layer["kind"] == "lora":
+        if lora.lora_shape(module) is None:
+            lora.add_lora(module, layer["rank"], layer["alpha"], targets)
         lora.load_lora_state_dict(module, state)
     else:
         module.load_state_dict(state)
 
 
-def apply_checkpoint(components, path: Union[str, Path], merge_lora: bool = True) -> Dict[str, Any]:
-    """Apply a checkpoint to loaded SD components in place; returns its metadata."""
+def apply_checkpoint(
+    components, path: Union[str, Path], merge_lora: Union[bool, Collection[str]] = True
+) -> Dict[str, Any]:
+    """Apply a checkpoint to freshly loaded SD components in place; returns its metadata.
+
+    ``merge_lora``: fold LoRA adapters into plain layers (True), keep them (False), or
+    the names of the modules whose adapters to fold.
+    """
     path = Path(path)
     meta = read_meta(path)
-    load_into(components.unet, path / "unet.safetensors", meta, lora.UNET_TARGETS)
-    if meta.get("text_encoder_trained"):
-        load_into(components.text_encoder, path / "text_encoder.safetensors", meta, lora.TEXT_ENCODER_TARGETS)
-    if meta["mode"] == "lora" and merge_lora:
-        lora.merge_lora(components.unet)
-        if meta.get("text_encoder_trained"):
-            lora.merge_lora(components.text_encoder)
+    merge = set(MODULES) if merge_lora is True else set(merge_lora or ())
+    for name, layers in weight_layers(meta).items():
+        module = getattr(components, name)
+        for layer in layers:
+            load_layer(module, path, layer, LORA_TARGETS[name])
+        if name in merge and lora.lora_shape(module) is not None:
+            lora.merge_lora(module)
     return meta

@@ -2,7 +2,9 @@
 
 DreamBooth3D needs two models from the *same* run (an early "partial" checkpoint for
 stage 1 and the "full" one for stage 2) and later a multi-view run that continues
-from "full" on real photos plus captioned pseudo views. One trainer does all three.
+from "partial" (paper Fig. 2) on real photos plus captioned pseudo views. One trainer
+does all three; a continued run's checkpoints also hold the weights it started from and
+did not train (:mod:`.checkpoints`), so they load to exactly the model in memory.
 
 Inputs never change during a run (no augmentation), so VAE latent distributions and,
 with a frozen text encoder, prompt embeddings are computed once up front instead of
@@ -163,20 +165,23 @@ class DreamBoothTrainer:
     # -- setup -------------------------------------------------------------------------------
     def _prepare_trainable(self) -> None:
         cfg, comps = self.cfg, self.components
-        init_meta = None
+        trained = {"unet": True, "text_encoder": cfg.train_text_encoder}
+        # which modules' plain weights differ from the base model's (saved whole in checkpoints)
+        self.base_changed = {name: trained[name] and cfg.mode == "full" for name in checkpoints.MODULES}
         if cfg.init_checkpoint:
-            init_meta = checkpoints.read_meta(cfg.init_checkpoint)
-            # continuing the same LoRA keeps it trainable; anything else is folded into the base
-            checkpoints.apply_checkpoint(comps, cfg.init_checkpoint, merge_lora=not (init_meta["mode"] == cfg.mode == "lora"))
+            init_layers = checkpoints.weight_layers(checkpoints.read_meta(cfg.init_checkpoint))
+            # an init LoRA stays an adapter where it still is one: continued by a LoRA run, or
+            # not trained at all; a full run folds it into the weights it then trains
+            merge = [n for n in init_layers if trained[n] and cfg.mode == "full"]
+            checkpoints.apply_checkpoint(comps, cfg.init_checkpoint, merge_lora=merge)
+            for name, layers in init_layers.items():
+                self.base_changed[name] |= name in merge or any(layer["kind"] == "full" for layer in layers)
         torch.manual_seed(cfg.seed)  # LoRA init is random: same seed, same run (and resumable)
-        modules = [comps.unet] + ([comps.text_encoder] if cfg.train_text_encoder else [])
-        targets = [lora.UNET_TARGETS, lora.TEXT_ENCODER_TARGETS]
-        for module, tgt in zip(modules, targets):
+        for name in [n for n in checkpoints.MODULES if trained[n]]:
+            module = getattr(comps, name)
             if cfg.mode == "lora":
-                from peft.tuners.tuners_utils import BaseTunerLayer
-
-                if not any(isinstance(m, BaseTunerLayer) for m in module.modules()):
-                    lora.add_lora(module, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, tgt)
+                if lora.lora_shape(module) is None:
+                    lora.add_lora(module, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, checkpoints.LORA_TARGETS[name])
                 for n, p in module.named_parameters():
                     p.requires_grad_("lora_" in n)
             else:
@@ -301,12 +306,13 @@ class DreamBoothTrainer:
         meta = {
             "name": name, "step": step, "mode": cfg.mode, "base_model": cfg.pretrained_model,
             "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha or cfg.lora_rank,
+            "train_text_encoder": cfg.train_text_encoder,
             "identifier": cfg.identifier, "class_noun": cfg.class_noun,
             "instance_prompt": cfg.instance_prompt_text, "init_checkpoint": cfg.init_checkpoint,
             "num_extra_images": len(cfg.extra_images),
         }
-        te = self.components.text_encoder if cfg.train_text_encoder else None
-        return checkpoints.save_checkpoint(self.out / "checkpoints" / name, self.components.unet, te, meta)
+        modules = {name: (getattr(self.components, name), self.base_changed[name]) for name in checkpoints.MODULES}
+        return checkpoints.save_checkpoint(self.out / "checkpoints" / name, modules, meta)
 
     # -- loop --------------------------------------------------------------------------------
     def train_step(self, generator: torch.Generator) -> Dict[str, float]:

@@ -1,7 +1,7 @@
 """LoRA on the UNet / text encoder through peft, and merging it back into plain layers."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,6 +21,22 @@ def lora_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def lora_shape(model: torch.nn.Module) -> Optional[Tuple[int, float]]:
+    """(rank, alpha) of the LoRA adapters injected in ``model``, or None if it has none."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and "default" in module.r:
+            return module.r["default"], module.lora_alpha["default"]
+    return None
+
+
+def base_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The plain module's state dict, without any injected LoRA (keys as before injection)."""
+    return {k.replace(".base_layer.", "."): v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items() if ".lora_" not in k}
 
 
 def load_lora_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> None:

@@ -179,6 +179,7 @@ def write_pseudo_views(
     captions: Union[str, Sequence[str]],
     masks: Optional[ImagesLike] = None,
     renders: Optional[ImagesLike] = None,
+    view_names: Optional[Sequence[str]] = None,
 ) -> Path:
     """Write a pseudo-view set atomically and return its folder.
 
@@ -186,7 +187,9 @@ def write_pseudo_views(
     of images, float in [0, 1] or uint8. ``cameras``: a camera batch from
     :mod:`.cameras` (or threestudio's), a list of one-view batches, or cameras.json
     entries. ``captions``: one per view (or one for all). ``masks``: [N, H, W(, 1)] or
-    [N, 1, H, W], float in [0, 1], bool or uint8.
+    [N, 1, H, W], float in [0, 1], bool or uint8. ``view_names``: each camera's
+    front/side/back/overhead as the captions name it (default: threestudio's default
+    thresholds; stage 2 passes its prompt processor's, :class:`.views.ViewPrompts`).
     """
     from PIL import Image
 
@@ -199,6 +202,10 @@ def write_pseudo_views(
     captions = [captions] * n if isinstance(captions, str) else list(captions)
     if len(captions) != n:
         raise PseudoViewError(f"{len(captions)} captions for {n} images")
+    if view_names is None:
+        view_names = [view_name(r["elevation_deg"], r["azimuth_deg"]) for r in records]
+    if len(view_names) != n:
+        raise PseudoViewError(f"{len(view_names)} view names for {n} images")
     mask_arrays = None if masks is None else _to_uint8_images(masks, "mask", 1)
     render_arrays = None if renders is None else _to_uint8_images(renders, "render", 3)
     for name, extra in (("masks", mask_arrays), ("renders", render_arrays)):
@@ -209,11 +216,11 @@ def write_pseudo_views(
                 if a.shape[:2] != b.shape[:2]:
                     raise PseudoViewError(f"{name} {i} is {a.shape[1]}x{a.shape[0]}, its image {b.shape[1]}x{b.shape[0]}")
 
-    for i, (rec, arr, cap) in enumerate(zip(records, rgb, captions)):
+    for i, (rec, arr, cap, view) in enumerate(zip(records, rgb, captions, view_names)):
         stem = f"view_{i:03d}"
         rec.update(file=f"images/{stem}.png", mask=f"masks/{stem}.png" if mask_arrays else None,
                    render=f"renders/{stem}.png" if render_arrays else None, height=int(arr.shape[0]),
-                   width=int(arr.shape[1]), view=view_name(rec["elevation_deg"], rec["azimuth_deg"]), caption=cap)
+                   width=int(arr.shape[1]), view=view, caption=cap)
 
     def write(tmp: Path) -> None:
         (tmp / "images").mkdir()
@@ -235,6 +242,28 @@ def write_pseudo_views(
         (tmp / CAMERAS_FILE).write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
 
     return atomic_write_dir(folder, write)
+
+
+# ----------------------------------------------------------------------------- stage 3's loss
+
+
+def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grow a soft mask [B, H, W, 1] by ``pixels`` (a (2p+1)^2 max filter); 0 returns it unchanged."""
+    if pixels <= 0:
+        return mask
+    x = mask.permute(0, 3, 1, 2)
+    x = torch.nn.functional.max_pool2d(x, 2 * pixels + 1, stride=1, padding=pixels)
+    return x.permute(0, 2, 3, 1)
+
+
+def masked_mse(render: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean squared error over the pixels ``weight`` [B, H, W, 1] selects (weighted mean).
+
+    Normalised by the mask's area, so the loss scale (and a ``lambda_rec`` tuned for the
+    plain MSE) does not shrink with the subject's size; an empty mask gives 0.
+    """
+    weight = weight.to(render).expand_as(render)
+    return ((render - target) ** 2 * weight).sum() / (weight.sum() + eps)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -8,11 +8,16 @@ drawn at random each step. Its rays come from the *stored* ``c2w`` and ``fovy`` 
 view is seen from exactly the camera stage 2 rendered it from; its image is area-resized
 to that size.
 
-Validation and test give orbit cameras (core ``cameras.orbit_cameras``):
-``n_val_views``/``n_test_views`` azimuths evenly spaced over 360 degrees (no repeated
-endpoint), elevation ``eval_elevations_deg`` (one value, a (low, high) ramp or one per
-view; default ``eval_elevation_deg``), distance ``eval_camera_distance``, ``eval_fovy_deg``.
-Stage 2 renders these cameras and stores them with the pseudo views.
+Validation gives orbit cameras (core ``cameras.orbit_cameras``): ``n_val_views``
+azimuths evenly spaced over 360 degrees (no repeated endpoint), elevation
+``eval_elevations_deg`` (one value, a (low, high) ramp or one per view; default
+``eval_elevation_deg``), distance ``eval_camera_distance``, ``eval_fovy_deg``. The test
+split gives ``n_test_views`` cameras of kind ``test_cameras``: ``orbit`` (the turntable
+of stages 1 and 3) or ``random`` (stage 2, the paper's "random viewpoints": drawn like
+the training cameras from ``elevation_range``/``azimuth_range``/``camera_distance_range``/
+``fovy_range`` with ``test_camera_seed``, core ``cameras.random_cameras``). Both render at
+``eval_height`` x ``eval_width``. Stage 2 renders the test cameras and stores them with
+the pseudo views.
 """
 from __future__ import annotations
 
@@ -44,18 +49,36 @@ class PseudoMultiviewDataModuleConfig(RandomCameraDataModuleConfig):
     # orbit elevations: None = eval_elevation_deg; one value, a (low, high) pair ramped over
     # the views, or one value per view (cameras.orbit_cameras)
     eval_elevations_deg: Optional[List[float]] = None
+    # test-split cameras: "orbit" (turntable) or "random" (drawn like the training cameras,
+    # reproducibly from test_camera_seed; stage 2's pseudo viewpoints); n_test_views of them
+    test_cameras: str = "orbit"
+    test_camera_seed: int = 0
+
+
+TEST_CAMERAS = ("orbit", "random")
+
+
+def eval_cameras(cfg: PseudoMultiviewDataModuleConfig, split: str) -> Dict[str, Any]:
+    """The camera batch of the val or test split (see the module docstring)."""
+    if split == "test" and cfg.test_cameras == "random":
+        return cameras.random_cameras(
+            cfg.n_test_views, tuple(cfg.elevation_range), tuple(cfg.azimuth_range), tuple(cfg.camera_distance_range),
+            tuple(cfg.fovy_range), cfg.eval_height, cfg.eval_width, seed=cfg.test_camera_seed,
+            uniform_azimuth=cfg.batch_uniform_azimuth)
+    n = cfg.n_val_views if split == "val" else cfg.n_test_views
+    elevations = list(cfg.eval_elevations_deg or [cfg.eval_elevation_deg])
+    return cameras.orbit_cameras(n, elevations, cfg.eval_camera_distance, cfg.eval_fovy_deg,
+                                 cfg.eval_height, cfg.eval_width)
 
 
 class OrbitDataset(Dataset):
-    """Evenly spaced orbit cameras around the origin, one per item (val/test)."""
+    """The val/test cameras, one per item: an orbit, or random viewpoints (``test_cameras``)."""
 
     def __init__(self, cfg: PseudoMultiviewDataModuleConfig, split: str) -> None:
         super().__init__()
         self.cfg = cfg
-        n = cfg.n_val_views if split == "val" else cfg.n_test_views
-        elevations = list(cfg.eval_elevations_deg or [cfg.eval_elevation_deg])
-        self.views = cameras.orbit_cameras(n, elevations, cfg.eval_camera_distance, cfg.eval_fovy_deg,
-                                           cfg.eval_height, cfg.eval_width)
+        self.views = eval_cameras(cfg, split)
+        n = len(self.views["c2w"])
         self.views["rays_o"], self.views["rays_d"] = cameras.camera_rays(self.views, normalize=cfg.rays_d_normalize)
         self.n_views = n
 
@@ -130,6 +153,8 @@ class PseudoMultiviewDataModule(RandomCameraDataModule):
         # skip RandomCameraDataModule.__init__: it parses cfg with its own (narrower) config class
         super(RandomCameraDataModule, self).__init__()
         self.cfg = parse_structured(PseudoMultiviewDataModuleConfig, cfg)
+        if self.cfg.test_cameras not in TEST_CAMERAS:
+            raise ValueError(f"data.test_cameras must be one of {', '.join(TEST_CAMERAS)}, not {self.cfg.test_cameras!r}")
 
     def load_pseudo_views(self) -> Optional[PseudoViews]:
         if not self.cfg.pseudo_views_dir:

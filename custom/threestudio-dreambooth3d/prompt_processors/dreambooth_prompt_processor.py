@@ -25,17 +25,17 @@ import threestudio
 from threestudio.models.prompt_processors.base import PromptProcessor, hash_prompt
 from threestudio.utils.misc import cleanup
 
-from ..core.checkpoints import read_meta
+from ..core.checkpoints import module_files
 from ..guidance.dreambooth_sds_guidance import resolve_checkpoint
 
 
 def text_encoder_key(model: str, checkpoint: Optional[Path]) -> str:
     """What identifies the text encoder: the base model, plus the checkpoint's weights if it trained one."""
-    if checkpoint is None or not read_meta(checkpoint).get("text_encoder_trained"):
+    files = [] if checkpoint is None else module_files(checkpoint, "text_encoder")
+    if not files:
         return model
-    weights = Path(checkpoint) / "text_encoder.safetensors"
-    stat = weights.stat()
-    digest = hashlib.sha256(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    stamp = ";".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     return f"{model}+dreambooth-text-encoder-{digest}"
 
 

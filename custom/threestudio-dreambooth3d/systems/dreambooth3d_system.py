@@ -3,14 +3,18 @@
 * ``stage: 1`` - DreamFusion SDS (threestudio's ``dreamfusion-system`` training step,
   unchanged) with the guidance on the *partial* DreamBooth checkpoint.
 * ``stage: 2`` - the test phase of a stage-1 checkpoint (``launch.py --test
-  resume=STAGE1.ckpt``): renders the orbit cameras of the datamodule, translates the
-  renders with the *full* checkpoint (img2img, batched) and writes the pseudo-view set
-  (images, their cameras, masks from the render's opacity, a contact sheet) to
-  ``pseudo_views_dir``.
+  resume=STAGE1.ckpt``): renders the datamodule's test cameras (random viewpoints, or an
+  orbit), translates the renders with the *full* checkpoint (img2img, batched) and writes
+  the pseudo-view set (images, their cameras, masks from the render's opacity, a contact
+  sheet) to ``pseudo_views_dir``. Translation prompts and captions are the subject prompt
+  (the checkpoint's ``a sks <class>`` unless ``translation_prompt`` is set) made
+  view-dependent exactly as ``system.prompt_processor`` makes the SDS prompts (its
+  thresholds and prefix/suffix style, core :class:`~..core.views.ViewPrompts`).
 * ``stage: 3`` - stage 1's loss plus ``lambda_rec`` x MSE between a render at the pseudo
-  camera of the step and that pseudo view (and optionally ``lambda_rec_mask`` x BCE of
-  opacity against its mask), with the *multi-view* checkpoint; ``weights`` may name the
-  stage-1 checkpoint to start from.
+  camera of the step and that pseudo view (weighted by the view's mask when
+  ``rec_mask_weighting``: the background is ignored), optionally ``lambda_rec_mask`` x
+  BCE of opacity against its mask, with the *multi-view* checkpoint; ``weights`` may name
+  the stage-1 checkpoint to start from.
 
 Every loss weight is a threestudio ``C()`` value. The test phase of stages 1 and 3
 writes the turntable video; ``--export`` uses threestudio's exporters.
@@ -35,9 +39,14 @@ class DreamBooth3DSystem(DreamFusion):
         stage: int = 1
         # stage 2: where the pseudo-view set goes and how renders are translated
         pseudo_views_dir: Optional[str] = None
-        translation_prompt: Optional[str] = None  # default: prompt_processor.prompt
-        view_dependent_translation: bool = True  # "<prompt>, <view> view" per camera
+        # default: the subject prompt the checkpoint was trained with ("a sks dog"), not the scene prompt
+        translation_prompt: Optional[str] = None
+        view_dependent_translation: bool = True  # per camera, in the prompt processor's style
         translation_seed: int = 0
+        # stage 3: weight the reconstruction MSE by the pseudo view's mask (stage-1 opacity),
+        # grown by rec_mask_dilation pixels at the reconstruction render size
+        rec_mask_weighting: bool = True
+        rec_mask_dilation: int = 2
         # shading (albedo | diffuse) of the renders stage 2 translates and stage 3 compares
         # with them; the light sits at the camera in both, so both stages form the image alike
         pseudo_view_shading: str = "diffuse"
@@ -47,6 +56,8 @@ class DreamBooth3DSystem(DreamFusion):
     def configure(self) -> None:
         if self.cfg.stage not in (1, 2, 3):
             raise ValueError(f"system.stage must be 1, 2 or 3, not {self.cfg.stage}")
+        if self.cfg.rec_mask_dilation < 0:
+            raise ValueError(f"system.rec_mask_dilation must be >= 0 pixels, not {self.cfg.rec_mask_dilation}")
         if self.cfg.pseudo_view_shading not in ("albedo", "diffuse"):
             raise ValueError(f"system.pseudo_view_shading must be albedo or diffuse, not {self.cfg.pseudo_view_shading!r}")
         super().configure()
@@ -58,15 +69,38 @@ class DreamBooth3DSystem(DreamFusion):
                 "stage 2 does not train: run it as the test phase of the stage-1 checkpoint, "
                 "launch.py --config configs/dreambooth3d-stage2.yaml --test resume=STAGE1_TRIAL/ckpts/last.ckpt"
             )
+        self.check_pseudo_views()
         super().on_fit_start()
+
+    def check_pseudo_views(self) -> None:
+        """Masked reconstruction needs masks in the set: say so before the first step."""
+        try:
+            datamodule = self.trainer.datamodule
+        except RuntimeError:  # not attached to a Trainer (a test driving the system by hand)
+            datamodule = None
+        views = getattr(getattr(datamodule, "train_dataset", None), "pseudo_views", None)
+        if views is not None and self.cfg.rec_mask_weighting and "mask" not in views.batch:
+            raise ValueError(
+                f"system.rec_mask_weighting is on but the pseudo-view set {views.folder} has no masks/: "
+                "rerun stage 2 (it writes them), or set system.rec_mask_weighting=false"
+            )
 
     def reconstruction_losses(self, pseudo: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Render at the step's pseudo camera and compare with the pseudo view."""
+        from ..core.pseudo_views import dilate_mask, masked_mse
+
         out = self.renderer(
             rays_o=pseudo["rays_o"], rays_d=pseudo["rays_d"], light_positions=pseudo["light_positions"],
             shading=self.cfg.pseudo_view_shading,  # training renders pass it to the material
         )
-        losses = {"loss_rec": F.mse_loss(out["comp_rgb"], pseudo["rgb"])}
+        if self.cfg.rec_mask_weighting:
+            if "mask" not in pseudo:
+                raise ValueError("system.rec_mask_weighting needs pseudo views with masks: rerun stage 2, "
+                                 "or set system.rec_mask_weighting=false")
+            weight = dilate_mask(pseudo["mask"], self.cfg.rec_mask_dilation)
+            losses = {"loss_rec": masked_mse(out["comp_rgb"], pseudo["rgb"], weight)}
+        else:
+            losses = {"loss_rec": F.mse_loss(out["comp_rgb"], pseudo["rgb"])}
         if "mask" in pseudo:
             opacity = out["opacity"].clamp(1.0e-3, 1.0 - 1.0e-3)
             losses["loss_rec_mask"] = binary_cross_entropy(opacity, pseudo["mask"].clamp(0.0, 1.0))
@@ -116,13 +150,26 @@ class DreamBooth3DSystem(DreamFusion):
             return super().on_test_epoch_end()
         self.write_pseudo_views(self._pseudo_renders)
 
-    def translation_prompts(self, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor) -> List[str]:
-        from ..core import views
+    @property
+    def view_prompts(self):
+        """The prompt processor's view settings: captions name a camera as its SDS prompt does."""
+        from ..core.views import ViewPrompts
 
-        prompt = self.cfg.translation_prompt or self.cfg.prompt_processor.prompt
+        return ViewPrompts.from_config(self.cfg.prompt_processor)
+
+    def subject_prompt(self) -> str:
+        """``translation_prompt``, else the prompt the stage's DreamBooth checkpoint was trained on."""
+        if self.cfg.translation_prompt:
+            return self.cfg.translation_prompt
+        from ..core.checkpoints import read_meta
+
+        return read_meta(self.guidance.checkpoint_path)["instance_prompt"]
+
+    def translation_prompts(self, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor) -> List[str]:
+        prompt = self.subject_prompt()
         if not self.cfg.view_dependent_translation:
             return [prompt] * len(elevation_deg)
-        return [views.view_prompt(prompt, v) for v in views.view_names(elevation_deg, azimuth_deg)]
+        return self.view_prompts.prompts(prompt, elevation_deg, azimuth_deg)
 
     def write_pseudo_views(self, renders: List[Dict[str, torch.Tensor]]):
         """Translate the collected renders (one batched img2img pass) and write the set."""
@@ -136,6 +183,7 @@ class DreamBooth3DSystem(DreamFusion):
         folder = write_pseudo_views(
             self.cfg.pseudo_views_dir, translated.float().cpu(), cat, captions=prompts,
             masks=cat["opacity"].clamp(0, 1), renders=renders_rgb,
+            view_names=self.view_prompts.names(cat["elevation"], cat["azimuth"]),
         )
         threestudio.info(f"Pseudo-view set ({len(prompts)} views) written to {folder}")
         return folder
