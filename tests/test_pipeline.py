@@ -335,6 +335,30 @@ def test_interrupted_finetune_resumes_its_own_state(make_ctx):
     assert state.exists()  # not wiped: the trainer continues from it
 
 
+def test_interrupted_finetune_with_changed_inputs_restarts_cleanly(make_ctx):
+    # resuming needs the same inputs: a state saved for other settings is wiped, not continued
+    ctx = make_ctx()
+    runner = Runner(ctx, executor=FakeExecutor())
+    runner.manifest.start("finetune", runner.inputs(runner.steps[0]))
+    state = ctx.finetune_dir / "state" / "latest.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"trainer state of the old settings")
+    changed = make_ctx(seed=7)  # another seed: another finetune command
+    d = Runner(changed, executor=FakeExecutor()).plan()[0]
+    assert d.run and not d.resume and d.reason == "interrupted last time; restarting cleanly"
+    seen = {}
+
+    class Recording(FakeExecutor):
+        def __call__(self, cmd, log_path):
+            if cmd.log_name == "finetune":
+                seen["state"] = state.exists()
+            return super().__call__(cmd, log_path)
+
+    Runner(changed, executor=Recording()).run()
+    assert seen["state"] is False  # removed before the finetune ran again
+    assert mf.Manifest(ctx.out).get("finetune").status == "done"
+
+
 def test_from_forces_that_step_and_later_ones(make_ctx):
     ctx = make_ctx()
     Runner(ctx, executor=FakeExecutor()).run()
