@@ -439,11 +439,41 @@ def test_finetune_commands_parse_with_the_finetune_cli(make_ctx):
     assert first.checkpoints == {"partial": 200, "full": 800} and first.steps == 800
     assert first.num_class_images == 200 and Path(first.out) == ctx.finetune_dir
     mv = build_parser().parse_args(commands.finetune_command(ctx, multiview=True).argv[3:])
-    assert Path(mv.init_checkpoint) == ctx.checkpoint("full")
+    assert Path(mv.init_checkpoint) == ctx.checkpoint("partial")  # the paper: the partial model continues
+    assert mv.mode == "lora" and not mv.train_text_encoder
     assert Path(mv.extra_images) == ctx.pseudo_views_dir / "images" and mv.checkpoints == {"multiview": 400}
     assert mv.class_images_dir == first.class_images_dir  # class images generated once
     smoke = build_parser().parse_args(commands.finetune_command(make_ctx()).argv[3:])
     assert smoke.device == "cpu" and smoke.steps == 4
+
+
+def test_multiview_finetune_continues_the_chosen_checkpoint_with_the_first_runs_choices(make_ctx):
+    from threestudio_dreambooth3d.cli import build_parser
+
+    def multiview(ctx):
+        return build_parser().parse_args(commands.finetune_command(ctx, multiview=True).argv[3:])
+
+    ctx = make_ctx(overrides={"finetune": ["--mode=full", "--train-text-encoder"]})
+    mv = multiview(ctx)
+    assert Path(mv.init_checkpoint) == ctx.checkpoint("partial")
+    assert mv.mode == "full" and mv.train_text_encoder  # what the first run trained, it keeps training
+    assert Path(multiview(make_ctx(multiview_init="full")).init_checkpoint) == ctx.checkpoint("full")
+    # its own options still win
+    assert multiview(make_ctx(overrides={"finetune": ["--mode=full"], "multiview_finetune": ["--mode=lora"]})).mode == "lora"
+    with pytest.raises(ValueError, match="multiview_init must be one of partial, full"):
+        make_ctx(multiview_init="early")
+
+
+def test_dry_run_shows_the_multiview_finetune_starting_from_partial(fake_threestudio, configs, subject, tmp_path, capsys):
+    argv = ["run", "--subject", str(subject), "--class-noun", "dog", "--prompt", PROMPT, "--model", "/models/tiny-sd",
+            "--out", str(tmp_path / "out"), "--threestudio", str(fake_threestudio), "--configs", str(configs),
+            "--dry-run", "--preset", "smoke"]
+    assert _cli(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mv = lines[[i for i, line in enumerate(lines) if line.startswith("multiview_finetune:")][0] + 1]
+    assert "--init-checkpoint " + str((tmp_path / "out" / "finetune" / "checkpoints" / "partial").resolve()) in mv
+    assert _cli(argv + ["--multiview-init", "full"]) == 0
+    assert "checkpoints/full --extra-images" in capsys.readouterr().out
 
 
 def test_workspace_links_our_extension_and_threestudio_assets(make_ctx, fake_threestudio):

@@ -48,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP:KEY=VALUE",
                    help="extra threestudio dotlist override for a stage, e.g. stage1:trainer.max_steps=5000 "
                    "(repeatable; for finetune steps, extra `dreambooth3d finetune` options: finetune:--lora-rank=8)")
+    p.add_argument("--multiview-init", choices=["partial", "full"], default=None,
+                   help="the first finetune's checkpoint the multi-view DreamBooth continues (default: the "
+                   "preset's, partial, as in the paper; full = continue the fully trained model)")
     p.add_argument("--threestudio", default=None, help="threestudio checkout (default $THREESTUDIO_ROOT or the installed one)")
     p.add_argument("--configs", default=None, help="folder of this project's threestudio configs (default: the checkout's)")
     p.add_argument("--dry-run", action="store_true", help="print which steps would run and their commands, run nothing")
@@ -69,7 +72,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
     return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
                       preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
                       threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
-                      overrides=overrides)
+                      overrides=overrides, multiview_init=args.multiview_init)
 
 
 def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:

@@ -118,6 +118,19 @@ def prepare_workspace(ctx: RunContext) -> Path:
     return ws
 
 
+def first_finetune_choices(ctx: RunContext) -> List[str]:
+    """The first finetune's ``--mode`` and ``--train-text-encoder``, for the multi-view finetune.
+
+    The continuation trains what the first run trained (a full UNet stays full, a trained text
+    encoder keeps training); its own ``--set multiview_finetune:...`` options come later and win.
+    """
+    from ..cli import build_parser
+
+    first = finetune_command(ctx).argv[3:]  # after "python -m threestudio_dreambooth3d.cli"
+    args = build_parser().parse_args(first)
+    return ["--mode", args.mode] + (["--train-text-encoder"] if args.train_text_encoder else [])
+
+
 def finetune_command(ctx: RunContext, multiview: bool = False) -> Command:
     """``dreambooth3d finetune``: partial + full from the photos, or the multi-view continuation."""
     p = ctx.preset
@@ -128,8 +141,9 @@ def finetune_command(ctx: RunContext, multiview: bool = False) -> Command:
     if multiview:
         argv += ["--out", str(ctx.multiview_dir), "--steps", str(p.multiview_steps),
                  "--checkpoints", f"multiview={p.multiview_steps}",
-                 "--init-checkpoint", str(ctx.checkpoint("full")),
+                 "--init-checkpoint", str(ctx.checkpoint(ctx.multiview_init)),
                  "--extra-images", str(ctx.pseudo_views_dir / "images")]
+        argv += first_finetune_choices(ctx)
     else:
         argv += ["--out", str(ctx.finetune_dir), "--steps", str(p.finetune_steps),
                  "--checkpoints", f"partial={p.partial_step},full={p.finetune_steps}"]

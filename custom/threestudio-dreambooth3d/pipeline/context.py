@@ -24,7 +24,8 @@ from typing import Dict, List, Optional
 
 from .presets import Preset
 
-TRIAL_TAG = "run"  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
+TRIAL_TAG = "run"
+MULTIVIEW_INITS = ("partial", "full")  # checkpoints of the first finetune the multi-view one may continue  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
 
 
 def slug(text: str) -> str:
@@ -47,8 +48,13 @@ class RunContext:
     # user dotlist overrides per step ("stage1" -> ["system.guidance.guidance_scale=50"])
     overrides: Dict[str, List[str]] = field(default_factory=dict)
     python: str = sys.executable
+    # the first run's checkpoint the multi-view finetune continues (None: the preset's, "partial")
+    multiview_init: Optional[str] = None
 
     def __post_init__(self) -> None:
+        self.multiview_init = self.multiview_init or self.preset.multiview_init
+        if self.multiview_init not in MULTIVIEW_INITS:
+            raise ValueError(f"multiview_init must be one of {', '.join(MULTIVIEW_INITS)}, not {self.multiview_init!r}")
         self.out = Path(self.out).resolve()
         self.subject = Path(self.subject).resolve()
 

@@ -34,6 +34,9 @@ class Preset:
     multiview_steps: int
     num_class_images: int
     finetune_args: List[str] = field(default_factory=list)  # extra `dreambooth3d finetune` options
+    # the first run's checkpoint the multi-view DreamBooth continues: "partial" (paper Fig. 2:
+    # "we further fine-tune the partial DreamBooth using multi-view images") or "full"
+    multiview_init: str = "partial"
     # threestudio config file (under configs/) per stage, and dotlist overrides per step
     configs: Dict[str, str] = field(default_factory=dict)
     overrides: Dict[str, List[str]] = field(default_factory=dict)
@@ -53,7 +56,7 @@ PRESETS: Dict[str, Preset] = {
         cpu=False,
         finetune_steps=800,
         partial_step=200,
-        # continues from the full model, so fewer steps than the first run; to tune on a GPU
+        # continues from the partial model (200 steps in), so fewer steps than the first run; to tune on a GPU
         multiview_steps=400,
         num_class_images=200,
         configs=dict(STAGE_CONFIGS),

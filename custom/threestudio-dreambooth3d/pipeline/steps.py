@@ -146,7 +146,7 @@ class Stage2(ThreestudioStage):
 
 
 class MultiviewFinetune(Step):
-    name, title = "multiview_finetune", "multi-view DreamBooth: continue the full model on photos + pseudo views"
+    name, title = "multiview_finetune", "multi-view DreamBooth: continue the partial model on photos + pseudo views"
     upstream = ("finetune", "stage2")
     resumable = True
 
