@@ -615,3 +615,43 @@ def test_summary_shows_the_mesh_as_pictures_the_warnings_and_the_scores(make_ctx
     assert "warning: no identifier in the prompt" in page and "Not evaluated yet" not in page
     assert "<img src='results/mesh_views.png'" in page  # the rest of the page is kept
     assert not update_eval_section(ctx.out / "nowhere.html", results)
+
+
+def test_baseline_method_runs_only_its_steps_with_the_full_checkpoint(make_ctx):
+    from threestudio_dreambooth3d.pipeline.steps import steps_for
+
+    ctx = make_ctx(method="dreamboothfusion")
+    fake = FakeExecutor()
+    Runner(ctx, steps=steps_for(ctx.method), executor=fake).run()
+    assert fake.calls == ["finetune", "baseline", "export"]  # no stages 1-3, no multi-view finetune
+    base = commands.launch_command(ctx, "baseline")
+    assert base.argv[base.argv.index("--config") + 1] == str(ctx.configs_dir / "dreamboothfusion-baseline.yaml")
+    assert "--train" in base.argv
+    d = _dotlist(base)
+    assert Path(d.system.guidance.checkpoint) == ctx.checkpoint("full") and d.trainer.max_steps == 2  # smoke-scaled
+    ex = _dotlist(commands.launch_command(ctx, "export"))
+    assert Path(ex.resume) == ctx.last_ckpt("baseline")
+    m = mf.Manifest(ctx.out)
+    assert set(m.steps) == {"finetune", "baseline", "export", "summary"}
+    assert (ctx.results_dir / "baseline_turntable.mp4").is_file() and (ctx.out / "summary.html").is_file()
+    fake = FakeExecutor()
+    Runner(ctx, steps=steps_for(ctx.method), executor=fake).run()
+    assert fake.calls == []  # a rerun skips every finished step
+
+
+def test_run_method_flag_offers_the_three_methods_and_checks_their_configs(fake_threestudio, configs, subject, tmp_path,
+                                                                           capsys):
+    from threestudio_dreambooth3d.cli.sweep import run_methods
+
+    assert run_methods() == ["dreambooth3d", "dreamboothfusion", "latentnerf"]
+    argv = ["run", "--subject", str(subject), "--class-noun", "dog", "--prompt", PROMPT, "--model", "/models/tiny-sd",
+            "--out", str(tmp_path / "out"), "--threestudio", str(fake_threestudio), "--configs", str(configs),
+            "--dry-run", "--preset", "smoke", "--method", "dreamboothfusion"]
+    assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == [
+        "finetune", "baseline", "export", "summary"]
+    assert "dreamboothfusion-baseline.yaml" in out and "checkpoints/full" in out
+    (configs / "latentnerf-dreambooth-baseline.yaml").unlink(missing_ok=True)
+    assert _cli(argv[:-1] + ["latentnerf"]) == 2
+    assert "latentnerf-dreambooth-baseline.yaml not found" in capsys.readouterr().err

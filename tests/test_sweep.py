@@ -473,7 +473,8 @@ def test_cli_dry_run_lists_cells_and_bad_input_fails_before_any_work(tmp_path, c
             str(_fake_threestudio(tmp_path)), "--preset", "smoke"]
     assert main(base + ["--subjects", "bear_plushie", "dog", "--max-prompts", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "4 cells = 2 subject(s)" in out and "0 finished, 4 to run" in out
+    # every method `run --method` offers: 2 subjects x 2 prompts x 3 methods
+    assert "12 cells = 2 subject(s)" in out and "x 3 method(s)" in out and "0 finished, 12 to run" in out
     assert f"run  bear_plushie/a-sks-stuffed-animal-on-top-of-pink-fabric/dreambooth3d  seed=" \
            f"{cell_seed(0, 'bear_plushie', 'a sks stuffed animal on top of pink fabric', 'dreambooth3d')}" in out
     assert "dog/a-sks-dog-wearing-a-red-hat/dreambooth3d" in out

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from ..pipeline.context import RunContext, slug
+from ..pipeline.context import METHODS, RunContext, slug
 from ..pipeline.presets import PRESETS, get_preset
 from ..pipeline.steps import STEP_NAMES, step_name
 
@@ -48,6 +48,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STEP:KEY=VALUE",
                    help="extra threestudio dotlist override for a stage, e.g. stage1:trainer.max_steps=5000 "
                    "(repeatable; for finetune steps, extra `dreambooth3d finetune` options: finetune:--lora-rank=8)")
+    p.add_argument("--method", choices=list(METHODS), default="dreambooth3d",
+                   help="dreambooth3d: the three stages; dreamboothfusion: the paper's DreamBooth+Fusion baseline "
+                   "(full checkpoint + plain SDS); latentnerf: Latent-NeRF + DreamBooth (full checkpoint). "
+                   "A baseline runs finetune -> baseline NeRF -> mesh -> summary (default dreambooth3d)")
     p.add_argument("--multiview-init", choices=["partial", "full"], default=None,
                    help="the first finetune's checkpoint the multi-view DreamBooth continues (default: the "
                    "preset's, partial, as in the paper; full = continue the fully trained model)")
@@ -72,7 +76,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
     return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
                       preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
                       threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
-                      overrides=overrides, multiview_init=args.multiview_init)
+                      overrides=overrides, multiview_init=args.multiview_init, method=args.method)
 
 
 def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
@@ -130,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     check_environment(args)
     ctx = build_context(args)
     check_configs(ctx)
-    runner = Runner(ctx)
+    from ..pipeline.steps import steps_for
+
+    runner = Runner(ctx, steps=steps_for(ctx.method))
     if args.dry_run:
         for d in runner.plan(args.start_from):
             print(f"{d.step.name}: {'run' if d.run else 'skip'} ({d.reason})")
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
-                                  "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
+                                  "method": ctx.method, "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
                                   "warnings": warnings})  # shown on summary.html
     t0 = time.monotonic()
     if run_steps(runner, args.start_from) != 0:

@@ -37,7 +37,10 @@ def check_subject(folder: Path) -> List[str]:
 
 
 def check_configs(ctx: RunContext) -> None:
-    missing = [ctx.configs_dir / c for c in ctx.preset.configs.values() if not (ctx.configs_dir / c).is_file()]
+    from .steps import steps_for
+
+    names = [ctx.stage_config(s.name) for s in steps_for(ctx.method) if s.name in ("stage1", "stage2", "stage3", "baseline")]
+    missing = [ctx.configs_dir / c for c in names if not (ctx.configs_dir / c).is_file()]
     if missing:
         raise FileNotFoundError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
                                 "pass --configs DIR pointing at this project's configs/ folder.")

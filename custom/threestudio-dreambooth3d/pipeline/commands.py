@@ -206,13 +206,20 @@ def launch_command(ctx: RunContext, step: str) -> Command:
         dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview")),
                                     dot(KEYS["pseudo_views_in"], ctx.pseudo_views_dir),
                                     dot(KEYS["init_weights"], ctx.last_ckpt("stage1"))]
+    elif step == "baseline":
+        # a baseline method's single NeRF: SDS with the fully trained DreamBooth, that method's config
+        mode, config = "--train", ctx.configs_dir / ctx.stage_config("baseline")
+        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("full"))]
     elif step == "export":
         # threestudio's own idiom: the trial's parsed config + resume= its checkpoint
-        mode, config = "--export", ctx.parsed_config("stage3")
-        dotlist = [dot("resume", ctx.last_ckpt("stage3")), "system.exporter_type=mesh-exporter"]
+        final = ctx.final_nerf_step
+        mode, config = "--export", ctx.parsed_config(final)
+        dotlist = [dot("resume", ctx.last_ckpt(final)), "system.exporter_type=mesh-exporter"]
     else:
         raise ValueError(f"no launch.py command for step {step!r}")
-    dotlist = _trial(step, ctx) + dotlist + list(p.overrides.get(step, [])) + list(ctx.overrides.get(step, []))
+    # a baseline NeRF is scaled like stage 1 by a preset
+    preset_overrides = p.overrides.get(step, p.overrides.get("stage1", []) if step == "baseline" else [])
+    dotlist = _trial(step, ctx) + dotlist + list(preset_overrides) + list(ctx.overrides.get(step, []))
     launch = str(ctx.threestudio_root / "launch.py")
     args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
     if p.cpu or missing_cuda_pieces():

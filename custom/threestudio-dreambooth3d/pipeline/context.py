@@ -25,7 +25,12 @@ from typing import Dict, List, Optional
 from .presets import Preset
 
 TRIAL_TAG = "run"
-MULTIVIEW_INITS = ("partial", "full")  # checkpoints of the first finetune the multi-view one may continue  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
+MULTIVIEW_INITS = ("partial", "full")
+# `dreambooth3d run --method`: DreamBooth3D's three stages, or one of the paper's baselines (a single
+# NeRF step, "baseline", on the fully trained DreamBooth with that method's config)
+METHODS = ("dreambooth3d", "dreamboothfusion", "latentnerf")
+BASELINE_CONFIGS = {"dreamboothfusion": "dreamboothfusion-baseline.yaml",
+                    "latentnerf": "latentnerf-dreambooth-baseline.yaml"}  # checkpoints of the first finetune the multi-view one may continue  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
 
 
 def slug(text: str) -> str:
@@ -50,8 +55,11 @@ class RunContext:
     python: str = sys.executable
     # the first run's checkpoint the multi-view finetune continues (None: the preset's, "partial")
     multiview_init: Optional[str] = None
+    method: str = "dreambooth3d"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         self.multiview_init = self.multiview_init or self.preset.multiview_init
         if self.multiview_init not in MULTIVIEW_INITS:
             raise ValueError(f"multiview_init must be one of {', '.join(MULTIVIEW_INITS)}, not {self.multiview_init!r}")
@@ -98,6 +106,15 @@ class RunContext:
 
     def parsed_config(self, step: str) -> Path:
         return self.trial_dir(step) / "configs" / "parsed.yaml"
+
+    @property
+    def final_nerf_step(self) -> str:
+        """The step whose NeRF is the method's result (exported, evaluated)."""
+        return "stage3" if self.method == "dreambooth3d" else "baseline"
+
+    def stage_config(self, step: str) -> str:
+        """The config file (under configs/) of a threestudio step of this run's method."""
+        return BASELINE_CONFIGS[self.method] if step == "baseline" else self.preset.configs[step]
 
     @property
     def pseudo_views_dir(self) -> Path:

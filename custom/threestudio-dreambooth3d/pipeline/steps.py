@@ -170,9 +170,20 @@ class Stage3(NerfStage):
     video_name = "stage3_turntable.mp4"
 
 
+class Baseline(NerfStage):
+    """A baseline method's NeRF (``--method dreamboothfusion|latentnerf``): SDS with the full model."""
+
+    name, title = "baseline", "baseline NeRF: SDS with the fully trained DreamBooth model"
+    upstream = ("finetune",)
+    video_name = "baseline_turntable.mp4"
+
+
 class Export(ThreestudioStage):
     name, title = "export", "textured mesh export (threestudio mesh-exporter) + GLB"
     upstream = ("stage3",)
+
+    def __init__(self, final: str = "stage3") -> None:
+        self.upstream = (final,)  # the NeRF step it exports
 
     def work_paths(self, ctx):
         return [ctx.trial_dir(self.name), ctx.mesh_dir, ctx.results_dir / MESH_VIEWS]
@@ -211,11 +222,20 @@ class Summary(Step):
 
 STEPS: List[Step] = [Finetune(), Stage1(), Stage2(), MultiviewFinetune(), Stage3(), Export(), Summary()]
 STEP_NAMES = [s.name for s in STEPS]
+
+
+def steps_for(method: str) -> List[Step]:
+    """The steps a method runs; a baseline skips stages 1-3 and the multi-view finetune."""
+    if method == "dreambooth3d":
+        return list(STEPS)
+    summary = Summary()
+    summary.upstream = ("finetune", "baseline", "export")
+    return [Finetune(), Baseline(), Export(final="baseline"), summary]
 ALIASES = {"multiview": "multiview_finetune", "mesh": "export"}
 
 
 def step_name(name: str) -> str:
     name = ALIASES.get(name, name)
-    if name not in STEP_NAMES:
-        raise ValueError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)}")
+    if name not in STEP_NAMES + ["baseline"]:  # "baseline": the NeRF step of --method dreamboothfusion/latentnerf
+        raise ValueError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)} (baseline methods: baseline)")
     return name
