@@ -2,9 +2,9 @@
 
 2 synthetic subjects in the DreamBooth dataset layout (one with the two-word class
 "stuffed animal") x 1 prompt (the dataset's first, from its live / object list) x 2
-methods, each cell a real ``run`` + ``eval`` with tiny CLIP/DINO; then the same command
-again, which must start no cell. Until ``run --method`` offers a baseline, the sweep has
-only the one method ``run`` offers.
+methods (the first two ``run --method`` offers: dreambooth3d and the DreamBooth+Fusion
+baseline), each cell a real ``run`` + ``eval`` with tiny CLIP/DINO; then the same command
+again, which must start no cell.
 """
 from __future__ import annotations
 
