@@ -256,3 +256,169 @@ def test_sds_pulls_toward_the_subject_the_model_was_personalised_on(personalised
     base_end = final_distance(None)
     assert personalised_end < 0.9 * start
     assert personalised_end < 0.85 * base_end
+
+
+# -- Perp-Neg, HiFA image loss, SJC, autocast, guidance_eval (threestudio's guidance options) --
+
+def test_perpendicular_component_by_hand():
+    x = torch.tensor([[1.0, 1.0], [3.0, 4.0], [2.0, -1.0]]).view(3, 2, 1, 1)
+    y = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]).view(3, 2, 1, 1)
+    out = sds.perpendicular_component(x, y).view(3, 2)
+    # (1,1) minus its projection on (1,0); (3,4) on (0,2); a zero y leaves x unchanged (1e-6 floor, no NaN)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0], [3.0, 0.0], [2.0, -1.0]]))
+
+
+def _rows(*vectors):
+    return torch.tensor(vectors, dtype=torch.float32).view(len(vectors), 2, 1, 1)
+
+
+def test_perp_neg_guidance_by_hand():
+    # B = 2 items, K = 2 negatives each; rows: pos (2), uncond (2), neg (item0: k0,k1, item1: k0,k1)
+    noise_pred = _rows([3, 1], [0, 5],  # pos
+                       [1, 1], [0, 1],  # uncond
+                       [1, 3], [2, 2],  # item 0 negatives
+                       [7, 1], [0, 9])  # item 1 negatives
+    weights = torch.tensor([[-0.5, -2.0], [1.0, 0.25]])
+    out = sds.perp_neg_guidance(noise_pred, weights, guidance_scale=10.0).view(2, 2)
+    # item 0: e_pos = (2,0); e_0 = (0,2) -> perp (0,2); e_1 = (1,1) -> perp (0,1)
+    #         eps = (1,1) + 10 * ((2,0) - 0.5 (0,2) - 2 (0,1)) = (21, -29)
+    # item 1: e_pos = (0,4); e_0 = (7,0) -> perp (7,0); e_1 = (0,8) -> perp (0,0)
+    #         eps = (0,1) + 10 * ((0,4) + 1 (7,0) + 0.25 (0,0)) = (70, 41)
+    torch.testing.assert_close(out, torch.tensor([[21.0, -29.0], [70.0, 41.0]]))
+    with pytest.raises(ValueError, match=r"cat\(\[pos, uncond, neg\]\) = 8 rows"):
+        sds.perp_neg_guidance(noise_pred[:6], weights, 10.0)
+
+
+class EmbeddingUNet(torch.nn.Module):
+    """A stand-in UNet whose noise prediction is the first 2 numbers of the text
+    embedding, broadcast: guidance results are then computable by hand."""
+
+    dtype = torch.float32
+
+    def __init__(self):
+        super().__init__()
+        self.seen_t = []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.seen_t.append(t.clone())
+        return encoder_hidden_states[:, 0, :2].reshape(-1, 2, 1, 1).expand_as(x).to(x.dtype)
+
+
+def test_sds_grad_with_perp_neg_uses_the_perpendicular_guidance():
+    emb = torch.zeros(4, 3, 2)
+    emb[:, 0] = torch.tensor([[3.0, 1.0], [1.0, 1.0], [1.0, 3.0], [2.0, 2.0]])  # pos, uncond, neg0, neg1 (B = 1)
+    weights = torch.tensor([[-0.5, -2.0]])
+    ac = torch.linspace(0.99, 0.01, 1000)
+    latents, noise, t = torch.zeros(1, 2, 3, 3), torch.full((1, 2, 3, 3), 0.5), torch.tensor([600])
+    unet = EmbeddingUNet()
+    grad, aux = sds.sds_grad(unet, latents, emb, t, 10.0, ac, weighting="uniform", noise=noise,
+                             neg_guidance_weights=weights)
+    expected_eps = torch.tensor([21.0, -29.0]).view(1, 2, 1, 1).expand(1, 2, 3, 3)  # hand value above
+    torch.testing.assert_close(aux["noise_pred"], expected_eps)
+    torch.testing.assert_close(grad, expected_eps - noise)
+    assert torch.equal(unet.seen_t[-1], torch.tensor([600] * 4))  # one pass on the 4x batch
+    # without Perp-Neg the same embeddings are plain CFG on (cond, uncond)
+    g_cfg, aux_cfg = sds.sds_grad(unet, latents, emb[:2], t, 10.0, ac, weighting="uniform", noise=noise)
+    torch.testing.assert_close(aux_cfg["noise_pred"][0, :, 0, 0], torch.tensor([3.0 + 10 * 2, 1.0]))
+    with pytest.raises(ValueError, match="get_text_embeddings_perp_neg"):
+        sds.sds_grad(unet, latents, emb[:3], t, 10.0, ac, noise=noise, neg_guidance_weights=weights)
+
+
+def test_sjc_grad_by_hand():
+    # SJC with a constant noise predictor eps: the UNet sees sqrt(a) y + sqrt(1-a) noise
+    # (SJC's z / sqrt(1 + sigma^2)); grad = eps - noise with var_red, eps without.
+    emb = torch.zeros(2, 3, 2)
+    emb[:, 0] = torch.tensor([[0.3, -0.2], [0.1, 0.1]])
+    ac = torch.linspace(0.99, 0.01, 1000)
+    y = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([100, 800])
+    eps = torch.tensor([0.3 + 2 * 0.2, -0.2 + 2 * -0.3]).view(1, 2, 1, 1)  # CFG scale 2 on (cond, uncond)
+    emb2 = torch.cat([emb[:1], emb[:1], emb[1:], emb[1:]])  # B = 2: cat([cond, cond, uncond, uncond])
+    g, aux = sds.sjc_grad(EmbeddingUNet(), y, emb2, t, 2.0, ac, var_red=True, noise=noise)
+    torch.testing.assert_close(g, eps - noise, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aux["latents_noisy"], sds.add_noise(y, noise, t, ac), rtol=1e-5, atol=1e-6)
+    g, _ = sds.sjc_grad(EmbeddingUNet(), y, emb2, t, 2.0, ac, var_red=False, noise=noise)
+    torch.testing.assert_close(g, eps.expand_as(y), rtol=1e-5, atol=1e-5)
+
+
+def test_hifa_image_grad_by_hand():
+    ac = torch.tensor([0.64, 0.36])
+    image, denoised = torch.ones(2, 3, 2, 2), torch.full((2, 3, 2, 2), 0.5)
+    w = torch.tensor([0.5, 2.0]).view(2, 1, 1, 1)
+    g = sds.hifa_image_grad(image, denoised, w, ac, torch.tensor([0, 1]))
+    # w (x - x_hat) sqrt(a) / sqrt(1 - a): 0.5 * 0.5 * 0.8 / 0.6 and 2 * 0.5 * 0.6 / 0.8
+    torch.testing.assert_close(g[:, 0, 0, 0], torch.tensor([1 / 3, 0.75]))
+
+
+def test_score_distillation_image_loss_is_hifa_on_the_decoded_estimate(tiny):
+    rgb = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    emb = _embeddings(tiny, batch_size=2)
+    t = torch.tensor([300, 700])
+    cfg = sds.SDSConfig(guidance_scale=100.0, use_img_loss=True, grad_clip=5.0)
+    out = sds.score_distillation(tiny, rgb, emb, cfg, t=t, generator=torch.Generator().manual_seed(0))
+    image = F.interpolate(rgb.detach().permute(0, 3, 1, 2), (32, 32), mode="bilinear", align_corners=False)
+    x0 = sds.decode_latents(tiny.vae, out["latents_denoised"])
+    expected = sds.hifa_image_grad(image, x0, out["w"], tiny.scheduler.alphas_cumprod, t).clamp(-5.0, 5.0)
+    torch.testing.assert_close(out["grad_img"], expected)
+    assert out["grad_img"].abs().sum() > 0
+    torch.testing.assert_close(out["loss_sds_img"], 0.5 * expected.pow(2).sum() / 2)
+    out["loss_sds_img"].backward()  # the image loss reaches the render
+    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    no_img = sds.score_distillation(tiny, rgb, emb, sds.SDSConfig(guidance_scale=100.0), t=t)
+    assert "loss_sds_img" not in no_img
+    with pytest.raises(ValueError, match="use_img_loss.*rgb_as_latents"):
+        sds.score_distillation(tiny, torch.rand(1, 16, 16, 4), emb[::2], cfg, rgb_as_latents=True)
+
+
+def test_unet_and_vae_run_with_autocast_off(tiny):
+    """Under an enabled autocast (bf16 on CPU, fp16 on GPU under 16-mixed) fp32 weights
+    must still compute in fp32, as threestudio's autocast(enabled=False) ensures."""
+    dtypes = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: dtypes.append(getattr(out, "sample", out).dtype))
+             for m in (tiny.unet, tiny.vae.decoder, tiny.vae.encoder)]
+    try:
+        rgb = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+        emb, t = _embeddings(tiny), torch.tensor([500])
+        cfg = sds.SDSConfig(use_img_loss=True)
+        ref = sds.score_distillation(tiny, rgb, emb, cfg, t=t, generator=torch.Generator().manual_seed(1))
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = sds.score_distillation(tiny, rgb, emb, cfg, t=t, generator=torch.Generator().manual_seed(1))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(dtypes) == 3 and set(dtypes) == {torch.float32}, dtypes  # encoder, UNet, decoder
+    torch.testing.assert_close(out["grad"], ref["grad"])
+    torch.testing.assert_close(out["loss_sds_img"], ref["loss_sds_img"])
+
+
+def test_guidance_eval_denoises_to_the_model_mode(tiny):
+    # With the exact denoiser of a point mass, one DDIM step's x0 prediction and the full
+    # denoising both land on the guided mode x* = mu_c + s (mu_c - mu_u)
+    from diffusers import DDIMScheduler
+
+    g = torch.Generator().manual_seed(0)
+    mu_c, mu_u = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g)
+    emb = _embeddings(tiny, batch_size=3)
+    unet = PointMassDenoiser(emb[:1], mu_c, mu_u, tiny.scheduler.alphas_cumprod)
+    model = SimpleNamespace(unet=unet, vae=tiny.vae, scheduler=tiny.scheduler, prediction_type="epsilon")
+    scale = 2.0
+    target = mu_c + scale * (mu_c - mu_u)
+    latents = torch.randn(3, 4, 16, 16, generator=g)
+    t = torch.tensor([481, 941, 101])  # on the DDIM(50) grid, so the one-step x0 estimate is exact too
+    grad, aux = sds.sds_grad(unet, latents, emb, t, scale, tiny.scheduler.alphas_cumprod, noise=torch.randn_like(latents))
+    out = sds.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=2)
+    assert out["bs"] == 2 and set(out) >= {"imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final", "noise_levels"}
+    # DDIM(50) timesteps are 981, 961, ..., 1: resume at the first one <= t
+    assert out["noise_levels"] == pytest.approx([0.481, 0.941])
+    idx = sds.eval_timesteps(DDIMScheduler.from_config(tiny.scheduler.config), torch.tensor([500, 960, 100, 981]))
+    assert idx.tolist() == [25, 2, 45, 0]
+    want = sds.decode_latents(tiny.vae, target).permute(0, 2, 3, 1).expand(2, -1, -1, -1)
+    for key in ("imgs_1orig", "imgs_final"):
+        assert out[key].shape == (2, 32, 32, 3)
+        torch.testing.assert_close(out[key], want, atol=2e-3, rtol=0)
+    noisy = sds.decode_latents(tiny.vae, aux["latents_noisy"][:2]).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out["imgs_noisy"], noisy)
+    assert (out["imgs_1step"] - want).abs().mean() > 1e-2  # one step is not yet the end
+    assert sds.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=-1)["bs"] == 3

@@ -46,7 +46,13 @@ def test_t_range_follows_threestudio_schedules(threestudio, tiny_sd_path, dreamb
     g.update_step(0, 100)
     used = []
     real = sds.score_distillation
-    monkeypatch.setattr(sds, "score_distillation", lambda *a, **k: used.append(k["t"]) or real(*a, **k))
+
+    def record_t(*a, **k):
+        out = real(*a, **k)
+        used.append(out["t"])
+        return out
+
+    monkeypatch.setattr(sds, "score_distillation", record_t)
     prompt_utils = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
     for seed in range(4):
         torch.manual_seed(seed)
@@ -68,14 +74,12 @@ def test_guidance_is_the_core_sds_on_base_plus_checkpoint(threestudio, tiny_sd_p
     ours = guidance(rgb, prompt_utils, ele, azi, dist)["loss_sds"]
     comps = load_sd_components(tiny_sd_path, checkpoint=dreambooth_run / "checkpoints" / "partial").freeze()
     emb = prompt_utils.get_text_embeddings(ele, azi, dist, True)
-    torch.manual_seed(1)
-    t = sds.sample_timesteps(1, 20, 980)
-    core = sds.score_distillation(comps, rgb, emb, sds.SDSConfig(guidance_scale=100.0), t=t)["loss_sds"]
+    torch.manual_seed(1)  # t is drawn inside, after encoding, as threestudio's guidance does
+    core = sds.score_distillation(comps, rgb, emb, sds.SDSConfig(guidance_scale=100.0), steps=(20, 980))["loss_sds"]
     torch.testing.assert_close(ours, core)
     base = load_sd_components(tiny_sd_path).freeze()
     torch.manual_seed(1)
-    t = sds.sample_timesteps(1, 20, 980)
-    plain = sds.score_distillation(base, rgb, emb, sds.SDSConfig(guidance_scale=100.0), t=t)["loss_sds"]
+    plain = sds.score_distillation(base, rgb, emb, sds.SDSConfig(guidance_scale=100.0), steps=(20, 980))["loss_sds"]
     assert not torch.allclose(ours, plain)  # the DreamBooth weights are applied
 
 
@@ -103,7 +107,8 @@ def test_prompt_processor_embeds_with_the_checkpoints_text_encoder(threestudio, 
 def test_translate_is_batched_img2img_with_the_full_model(threestudio, tiny_sd_path, dreambooth_run):
     from threestudio_dreambooth3d.core import img2img
 
-    g = make_guidance(threestudio, tiny_sd_path, dreambooth_run, name="full", translation_steps=4, translation_batch_size=2)
+    g = make_guidance(threestudio, tiny_sd_path, dreambooth_run, name="full", translation_steps=4, translation_batch_size=2,
+                      keep_text_encoder=True)
     renders = torch.rand(3, 3, 24, 24)
     prompts = ["a sks dog, front view", "a sks dog, side view", "a sks dog, back view"]
     out = g.translate(renders, prompts, seed=3)
@@ -122,3 +127,66 @@ def test_checkpoint_errors_name_the_fix(threestudio, dreambooth_run):
     assert resolve_checkpoint(None) is None
     with pytest.raises(FileNotFoundError, match=r"multiview.*available: full, partial"):
         resolve_checkpoint(str(dreambooth_run), "multiview")
+
+
+def test_text_encoder_is_freed_unless_the_stage_translates(threestudio, tiny_sd_path, dreambooth_run, guidance):
+    """SDS gets its embeddings from the prompt processor: the guidance drops its text encoder
+    (a checkpoint that trained one still loads); translate() then says which key keeps it."""
+    assert guidance.components.text_encoder is None and guidance.components.tokenizer is None
+    with pytest.raises(RuntimeError, match="keep_text_encoder=true"):
+        guidance.translate(torch.rand(1, 3, 8, 8), ["a sks dog"])
+    kept = make_guidance(threestudio, tiny_sd_path, dreambooth_run, name="full", keep_text_encoder=True)
+    assert kept.components.text_encoder is not None and kept.components.tokenizer is not None
+    # stage 2 (test_stages.py) translates through dreambooth3d-system, which sets keep_text_encoder itself
+
+
+
+def test_config_is_a_superset_of_stable_diffusion_guidance(threestudio):
+    """Every key of threestudio's guidance Config is accepted, with its default (bar the model id)."""
+    import dataclasses
+
+    stock = {f.name: f for f in dataclasses.fields(threestudio.find("stable-diffusion-guidance").Config)}
+    ours = {f.name: f for f in dataclasses.fields(threestudio.find("dreambooth-sds-guidance").Config)}
+    assert set(stock) <= set(ours), set(stock) - set(ours)
+
+    def default(f):
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    differ = {k for k in stock if default(stock[k]) != default(ours[k])}
+    assert differ == {"pretrained_model_name_or_path"}  # SD 2.1 base, the paper-era model threestudio's configs use
+
+
+def test_unet_runs_in_fp32_under_bf16_autocast(threestudio, tiny_sd_path, dreambooth_run, guidance, in_tmp_project):
+    """16-mixed wraps the training step in autocast; half_precision_weights=false must still mean fp32."""
+    prompt_utils = make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
+    guidance.update_step(0, 0)
+    dtypes = []
+    hook = guidance.unet.register_forward_hook(lambda m, a, out: dtypes.append(out.sample.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            guidance(torch.rand(1, 16, 16, 3), prompt_utils, torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([2.0]))
+    finally:
+        hook.remove()
+    assert dtypes == [torch.float32]
+
+
+def test_token_merging_patches_the_unet_and_names_the_package(threestudio, tiny_sd_path, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "tomesd", types.SimpleNamespace(apply_patch=lambda m, **kw: calls.append((m, kw))))
+    g = threestudio.find("dreambooth-sds-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path),
+                                                     "token_merging": True, "token_merging_params": {"ratio": 0.5}})
+    assert calls == [(g.unet, {"ratio": 0.5})]
+    monkeypatch.setitem(sys.modules, "tomesd", None)  # not installed
+    with pytest.raises(ImportError, match="pip install tomesd"):
+        threestudio.find("dreambooth-sds-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path),
+                                                     "token_merging": True})
+
+
+def test_sequential_cpu_offload_is_accepted(threestudio, tiny_sd_path, caplog):
+    g = threestudio.find("dreambooth-sds-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path),
+                                                     "enable_sequential_cpu_offload": True})
+    assert g.unet.device.type == "cpu"  # on a CPU run it has nothing to offload to
+    assert "enable_sequential_cpu_offload has no effect" in caplog.text

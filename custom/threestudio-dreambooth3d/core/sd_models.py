@@ -19,8 +19,8 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
 
 @dataclass
 class SDComponents:
-    tokenizer: object
-    text_encoder: torch.nn.Module
+    tokenizer: Optional[object]
+    text_encoder: Optional[torch.nn.Module]
     unet: torch.nn.Module
     vae: torch.nn.Module
     scheduler: object  # the training (DDPM) noise scheduler of the model folder
@@ -39,14 +39,24 @@ class SDComponents:
     def prediction_type(self) -> str:
         return self.scheduler.config.get("prediction_type", "epsilon")
 
+    def _modules(self):
+        # the SDS guidance frees the text encoder when it only needs UNet and VAE
+        return [m for m in (self.text_encoder, self.unet, self.vae) if m is not None]
+
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SDComponents":
-        for m in (self.text_encoder, self.unet, self.vae):
+        for m in self._modules():
             m.to(device=device, dtype=dtype)
         return self
 
     def freeze(self) -> "SDComponents":
-        for m in (self.text_encoder, self.unet, self.vae):
+        for m in self._modules():
             m.requires_grad_(False).eval()
+        return self
+
+    def free_text_encoder(self) -> "SDComponents":
+        """Drop the text encoder and tokenizer (SDS gets its embeddings from the prompt processor)."""
+        self.text_encoder = None
+        self.tokenizer = None
         return self
 
     def tokenize(self, prompts, device=None) -> torch.Tensor:

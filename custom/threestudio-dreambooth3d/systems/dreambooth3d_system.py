@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import threestudio
 from threestudio.systems.dreamfusion import DreamFusion
@@ -128,7 +129,9 @@ class DreamBooth3DSystem(DreamFusion):
         if self.cfg.stage == 2:
             if not self.cfg.pseudo_views_dir:
                 raise ValueError("stage 2 writes the pseudo-view set to system.pseudo_views_dir: set it")
-            self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
+            # translation runs the text encoder, which the guidance otherwise frees
+            guidance_cfg = OmegaConf.merge(self.cfg.guidance, {"keep_text_encoder": True})
+            self.guidance = threestudio.find(self.cfg.guidance_type)(guidance_cfg)
             self._pseudo_renders: List[Dict[str, torch.Tensor]] = []
 
     def test_step(self, batch, batch_idx):
