@@ -39,17 +39,17 @@ class SDComponents:
     def prediction_type(self) -> str:
         return self.scheduler.config.get("prediction_type", "epsilon")
 
-    def _modules(self):
+    def modules(self):
         # the SDS guidance frees the text encoder when it only needs UNet and VAE
         return [m for m in (self.text_encoder, self.unet, self.vae) if m is not None]
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SDComponents":
-        for m in self._modules():
+        for m in self.modules():
             m.to(device=device, dtype=dtype)
         return self
 
     def freeze(self) -> "SDComponents":
-        for m in self._modules():
+        for m in self.modules():
             m.requires_grad_(False).eval()
         return self
 

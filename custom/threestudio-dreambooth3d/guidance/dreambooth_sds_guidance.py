@@ -138,7 +138,7 @@ class DreamBoothSDSGuidance(BaseObject):
         if offload:
             from accelerate import cpu_offload
 
-            for module in self.components._modules():
+            for module in self.components.modules():
                 cpu_offload(module, execution_device=self.device)
         if self.cfg.enable_attention_slicing:
             self.components.unet.set_attention_slice(1)
