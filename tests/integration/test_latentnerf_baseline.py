@@ -1,35 +1,22 @@
 """The paper's Latent-NeRF + DreamBooth baseline: threestudio's latentnerf-system with our
-guidance on the full checkpoint, parsed by threestudio and trained one step through launch.py."""
+guidance on the full checkpoint, parsed by threestudio and trained through launch.py
+with the CPU override set."""
 import math
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from threestudio_dreambooth3d.cpu import smoke
+
 from test_registration_configs import CONFIGS, load_config
 from test_stages import fresh_system, launch, metrics, project, state_dict  # noqa: F401 (project is a fixture)
 
-CONFIG = "latentnerf-dreambooth-baseline.yaml"
-
-# What makes threestudio's real Latent-NeRF config run on a CPU in seconds: pure-torch
-# encodings instead of tiny-cuda-nn's hash grid, 16 x 16 latent renders (the tiny model's
-# latent size, as 64 is SD's), few samples.
-CPU_OVERRIDES = [
-    "system.geometry.pos_encoding_config={otype: ProgressiveBandFrequency, n_frequencies: 4}",
-    "system.geometry.mlp_network_config={otype: VanillaMLP, activation: ReLU, output_activation: none, "
-    "n_neurons: 32, n_hidden_layers: 1}",
-    "system.background.dir_encoding_config={otype: ProgressiveBandFrequency, n_frequencies: 2}",
-    "system.renderer.num_samples_per_ray=16",
-    "data.width=16", "data.height=16", "data.n_test_views=2",
-    # eval renders at the model's image size, as threestudio's 512 for SD: decoded latents and
-    # opacity then share a size in the saved grids
-    "data.eval_width=32", "data.eval_height=32",
-    "trainer.precision=32", "trainer.max_steps=1", "trainer.val_check_interval=1",
-]
+NAME = "latentnerf-dreambooth-baseline"
 
 
 def test_config_is_threestudios_latentnerf_with_our_guidance(threestudio, threestudio_root, tmp_path):
-    cfg = load_config(CONFIGS / CONFIG, 'system.prompt_processor.prompt="a sks dog"',
+    cfg = load_config(CONFIGS / f"{NAME}.yaml", 'system.prompt_processor.prompt="a sks dog"',
                       f"system.guidance.checkpoint={tmp_path / 'ckpt'}")
     assert threestudio.find(cfg.system_type) is threestudio.find("latentnerf-system")
     assert threestudio.find(cfg.system.guidance_type) is threestudio.find("dreambooth-sds-guidance")
@@ -50,22 +37,23 @@ def test_config_is_threestudios_latentnerf_with_our_guidance(threestudio, threes
         assert g[key] == stock.system.guidance[key], key
 
 
-def test_latentnerf_baseline_trains_a_step_and_decodes_its_renders(threestudio, project, threestudio_root,
+def test_latentnerf_baseline_trains_and_decodes_its_renders(threestudio, project, threestudio_root,
                                                                     tiny_sd_path, dreambooth_run):
-    trial = launch(project, threestudio_root, CONFIG, "--train", *CPU_OVERRIDES,
+    # the real config with the CPU override set (cpu/smoke.py): hash grid stand-in, 16 x 16 latent renders
+    trial = launch(project, threestudio_root, "latentnerf", "--train",
                    f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
-                   f"system.guidance.checkpoint={dreambooth_run}")
+                   f"system.guidance.checkpoint={dreambooth_run}", name=NAME)
     m = metrics(trial)
     assert math.isfinite(m["train/loss_sds"]) and m["train/loss_sds"] > 0
     ckpt = state_dict(trial / "ckpts" / "last.ckpt")
-    assert ckpt["global_step"] == 1
+    assert ckpt["global_step"] == smoke.TRAIN_STEPS
     # the NeRF moved, and its test renders are latents decoded by our guidance.decode_latents
-    # (32 x 32 latents resized to the tiny model's 16 -> 32 px images)
+    # (32 x 32 evaluation latents resized to the tiny model's 16 -> 32 px images)
     from PIL import Image
 
     init, _ = fresh_system(threestudio, trial)
     trained = ckpt["state_dict"]
     moved = [k for k, v in init.state_dict().items() if k.startswith("geometry.") and not torch.equal(v, trained[k])]
     assert moved and all(torch.isfinite(trained[k]).all() for k in moved)
-    frames = sorted((trial / "save" / "it1-test").glob("*.png"))
-    assert len(frames) == 2 and Image.open(frames[0]).size[1] == 32
+    frames = sorted((trial / "save" / f"it{smoke.TRAIN_STEPS}-test").glob("*.png"))
+    assert len(frames) == 4 and Image.open(frames[0]).size[1] == smoke.RENDER_SIZE

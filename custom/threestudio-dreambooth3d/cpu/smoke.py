@@ -29,6 +29,11 @@ OVERRIDES: Dict[str, List[str]] = {
     "stage1": STAGE,
     "stage2": STAGE + ["system.guidance.translation_steps=4"],  # img2img denoising steps
     "stage3": STAGE,
+    # latentnerf-dreambooth-baseline.yaml: training renders are latents (16 x 16, the tiny SD's
+    # latent size); evaluation renders at the image size, so decoded latents and opacity share
+    # a size in the saved grids, as threestudio's 512 does for SD
+    "latentnerf": [f"data.width={RENDER_SIZE // 2}", f"data.height={RENDER_SIZE // 2}",
+                   *[o for o in STAGE if not o.startswith(("data.width=", "data.height="))]],
     # the export reads stage 3's parsed config: marching cubes on a 32^3 grid, a 64 px texture. A
     # 2-step NeRF is still the initial density blob, below threestudio's fixed threshold: "auto"
     # takes the mean density.
@@ -38,5 +43,6 @@ OVERRIDES: Dict[str, List[str]] = {
 
 
 def overrides(step: str) -> List[str]:
-    """The CPU dotlist overrides of a pipeline step (``stage1``, ``stage2``, ``stage3``, ``export``)."""
+    """The CPU dotlist overrides of a pipeline step (``stage1``, ``stage2``, ``stage3``, ``export``,
+    ``latentnerf`` for the Latent-NeRF baseline)."""
     return list(OVERRIDES.get(step, []))
