@@ -38,13 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..errors import DreamBooth3DError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print(f"\ndreambooth3d {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (DreamBooth3DError, FileNotFoundError, ValueError, RuntimeError) as e:
         # user-facing problems (bad photos, missing model folder, mismatched run): one clear line
         print(f"dreambooth3d {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..errors import PseudoViewError
 from . import cameras as cams
 from .checkpoints import atomic_write_dir
 from .views import view_name
@@ -37,10 +38,6 @@ REGENERATE = "Rerun stage 2 to regenerate the set (launch.py --test with the sta
 RECORD_KEYS = ("file", "elevation_deg", "azimuth_deg", "distance", "fovy_deg", "c2w", "height", "width")
 
 ImagesLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
-
-
-class PseudoViewError(ValueError):
-    """A pseudo-view set that cannot be read or written; the message names the file."""
 
 
 @dataclass

@@ -7,14 +7,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..errors import SubjectImageError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # 8-bit modes only: 16-bit/float images (I;16, I, F) would be silently clipped by PIL
 SUPPORTED_MODES = ("RGB", "RGBA", "L", "LA", "P", "CMYK", "1")
 MIN_SIDE = 64
-
-
-class SubjectImageError(ValueError):
-    """A subject photo (or folder) the trainer cannot use; the message says which and why."""
 
 
 def list_subject_images(folder: Union[str, Path]) -> List[Path]:

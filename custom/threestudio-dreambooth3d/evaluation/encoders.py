@@ -10,6 +10,7 @@ from typing import List, Sequence, Union
 
 import torch
 
+from ..errors import ModelLoadError
 from ..core.sd_models import resolve_device
 from .metrics import l2_normalize
 
@@ -19,10 +20,6 @@ Source = Union[str, Path]
 def _load_kwargs(source: Source) -> dict:
     """A path that exists is loaded offline; anything else is a hub id."""
     return {"local_files_only": True} if Path(source).exists() else {}
-
-
-class ModelLoadError(RuntimeError):
-    """A model or its processor could not be loaded; the message says from where and how to fix it."""
 
 
 def _load_error(what: str, source: Source, err: Exception) -> ModelLoadError:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from ..errors import EvalInputError
 from ..core.subject import IMAGE_EXTENSIONS, list_subject_images, load_image
 from . import DEFAULT_CLIP_MODELS
 from . import DEFAULT_DINO_MODEL
@@ -50,10 +51,6 @@ DEFAULT_DISTRACTOR_THINGS = (
     "guitar", "pizza", "cake", "banana", "apple", "broccoli", "hamburger", "potted plant", "lamp",
     "mushroom", "castle", "tree", "skull", "shoe",
 )
-
-
-class EvalInputError(ValueError):
-    """Views, photos or prompts the evaluation cannot use; the message says which and how to fix it."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Union
 
 import yaml
 
+from ..errors import ThreestudioNotFoundError
 from .context import TRIAL_TAG, RunContext
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -43,10 +44,6 @@ THREESTUDIO_HELP = (
     "Get one with: git clone https://github.com/threestudio-project/threestudio && "
     "pip install -r threestudio/requirements.txt"
 )
-
-
-class ThreestudioNotFoundError(RuntimeError):
-    pass
 
 
 @dataclass

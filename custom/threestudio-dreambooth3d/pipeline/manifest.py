@@ -13,7 +13,6 @@ the next run knows it was interrupted.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -23,22 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..errors import DiskFullError  # noqa: F401  (callers import it from here)
+from ..fs import raise_if_disk_full
+
 MANIFEST_FILE = "manifest.json"
 FORMAT = "dreambooth3d-manifest/1"
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
-
-
-class DiskFullError(RuntimeError):
-    """Writing into the output folder failed because the disk is full."""
-
-
-def raise_if_disk_full(e: OSError, path: Union[str, Path]) -> None:
-    if e.errno == errno.ENOSPC:
-        raise DiskFullError(
-            f"No space left on the disk while writing {path}. Free some space (or pass --out on "
-            "a larger disk) and rerun the same command: finished steps are kept.",
-        ) from e
 
 
 def fingerprint(obj: Any) -> str:

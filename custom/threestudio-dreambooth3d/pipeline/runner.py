@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..errors import StepFailedError
 from .commands import Command
 from .context import RunContext
 from .manifest import DONE, FAILED, RUNNING, DiskFullError, Manifest, fingerprint, raise_if_disk_full
@@ -26,10 +27,6 @@ from .steps import STEPS, Step, step_name
 
 Executor = Callable[[Command, Path], None]
 _DISK_FULL = re.compile(r"No space left on device|ENOSPC|not enough free disk space", re.I)
-
-
-class StepFailedError(RuntimeError):
-    pass
 
 
 @dataclass

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..errors import ConfigError
+
 SYSTEM_PARTS = ("geometry", "material", "background", "renderer", "guidance", "prompt_processor", "exporter")
 # user overrides whose value is a file or folder that must already exist
 _FILE_KEY = re.compile(r"(^|\.)(weights|resume|[a-z_]*_(path|file|ckpt))$")
@@ -128,8 +130,9 @@ def validate(specs: List[StageSpec]) -> List[str]:
 
 # -- the caller's side (no threestudio import) ------------------------------------------------
 
-class ConfigValidationError(ValueError):
+class ConfigValidationError(ConfigError):
     """A stage config or --set override threestudio would reject; the message names stage and key."""
+
 
 
 def stage_specs(ctx) -> List[StageSpec]:

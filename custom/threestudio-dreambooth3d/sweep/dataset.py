@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from ..errors import SweepInputError
+
 PROMPTS_FILE = "prompts_and_classes.txt"
 LIVE_CLASSES = ("dog", "cat")  # the dataset README: "9 ... are live subjects (dogs and cats)"
 DEFAULT_TEMPLATE = "a {identifier} {class}"
@@ -29,10 +31,6 @@ TEMPLATE_FIELDS = ("identifier", "class")
 
 _CLASS_LINE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*,\s*(.+?)\s*$")
 _PROMPT_LINE = re.compile(r"""^\s*(['"])(.*)\1\s*\.format\(\s*unique_token\s*,\s*class_token\s*\)\s*,?\s*$""")
-
-
-class SweepInputError(ValueError):
-    """A dataset, subject or prompt the sweep cannot use; the message names it and the fix."""
 
 
 @dataclass(frozen=True)
