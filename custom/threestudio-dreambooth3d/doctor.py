@@ -75,7 +75,7 @@ def git_commit(root: Path) -> Optional[str]:
 
 
 def check_threestudio(explicit: Optional[Union[str, Path]] = None) -> List[Check]:
-    from .pipeline.commands import ThreestudioNotFoundError, locate_threestudio
+    from .threestudio_root import ThreestudioNotFoundError, locate_threestudio
 
     try:
         root = locate_threestudio(explicit)

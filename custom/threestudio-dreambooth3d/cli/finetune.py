@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Dict
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+from ..defaults import DEFAULT_MODEL, MIXED_PRECISIONS, TRAIN_MODES
 
 
 def parse_checkpoints(text: str) -> Dict[str, int]:
@@ -40,7 +40,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=parse_checkpoints, default=None,
                    help="named checkpoints as NAME=STEP,... (default partial=STEPS/4,full=STEPS, "
                    "i.e. partial=200,full=800)")
-    p.add_argument("--mode", choices=["lora", "full"], default="lora", help="train LoRA adapters or the whole UNet (default lora)")
+    p.add_argument("--mode", choices=TRAIN_MODES, default="lora", help="train LoRA adapters or the whole UNet (default lora)")
     p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank in lora mode (default 16)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 lora, 5e-6 full)")
     p.add_argument("--train-text-encoder", action="store_true", help="also finetune the text encoder")
@@ -54,7 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="multi-view finetuning: folder of extra images, each with a caption IMAGE_STEM.txt "
                    "(e.g. a stage-2 pseudo-view set's images/ folder)")
     p.add_argument("--init-checkpoint", default=None, help="continue from this checkpoint (multi-view finetuning)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="autocast on CUDA (default no)")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS, default="no", help="autocast on CUDA (default no)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory on GPU")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")

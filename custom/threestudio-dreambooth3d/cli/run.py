@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from ..errors import ConfigError, MachineError
 from ..pipeline.context import METHODS, RunContext, slug
 from ..pipeline.presets import PRESETS, get_preset
 from ..pipeline.steps import STEP_NAMES, step_name
@@ -18,7 +19,7 @@ def parse_set(items: List[str]) -> Dict[str, List[str]]:
     for item in items:
         step, sep, rest = item.partition(":")
         if not sep or "=" not in rest:
-            raise ValueError(f"--set {item!r}: expected STEP:KEY=VALUE, e.g. stage1:trainer.max_steps=5000")
+            raise ConfigError(f"--set {item!r}: expected STEP:KEY=VALUE, e.g. stage1:trainer.max_steps=5000")
         out.setdefault(step_name(step), []).append(rest)
     return out
 
@@ -66,7 +67,8 @@ def _warn(msg: str) -> None:
 
 
 def build_context(args: argparse.Namespace) -> RunContext:
-    from ..pipeline.commands import locate_configs, locate_threestudio
+    from ..pipeline.commands import locate_configs
+    from ..threestudio_root import locate_threestudio
 
     preset = get_preset(args.preset)
     overrides = parse_set(args.overrides)
@@ -116,7 +118,7 @@ def check_environment(args: argparse.Namespace) -> None:
     if args.dry_run:
         _warn(msg)
         return
-    raise RuntimeError(msg)
+    raise MachineError(msg)
 
 
 def run(args: argparse.Namespace) -> int:

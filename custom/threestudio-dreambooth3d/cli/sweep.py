@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..errors import ConfigError, MachineError
 from ..pipeline.presets import PRESETS
 
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
@@ -93,7 +94,7 @@ def resolve_methods(requested: Optional[List[str]], offered: Optional[List[str]]
     methods = list(dict.fromkeys(requested or available))
     unknown = [m for m in methods if m not in available]
     if unknown:
-        raise ValueError(f"--methods {unknown[0]!r}: `dreambooth3d run` offers {', '.join(available)}.")
+        raise ConfigError(f"--methods {unknown[0]!r}: `dreambooth3d run` offers {', '.join(available)}.")
     return methods
 
 
@@ -107,7 +108,7 @@ def _subjects_and_prompts(args):
         lists = {s.name: ds.prompts_for(s) for s in subjects}
     else:
         if args.subjects:
-            raise ValueError("--subjects picks subjects of a --dataset; with --subject FOLDER:CLASS list only those.")
+            raise ConfigError("--subjects picks subjects of a --dataset; with --subject FOLDER:CLASS list only those.")
         subjects = unique_names([parse_subject_spec(s) for s in args.subject_specs])
         lists = {s.name: [DEFAULT_TEMPLATE] for s in subjects}
     if args.templates:
@@ -115,12 +116,12 @@ def _subjects_and_prompts(args):
         lists = {s.name: list(templates) for s in subjects}
     if args.max_prompts is not None:
         if args.max_prompts < 1:
-            raise ValueError("--max-prompts must be at least 1.")
+            raise ConfigError("--max-prompts must be at least 1.")
         lists = {k: v[: args.max_prompts] for k, v in lists.items()}
     empty = [s.name for s in subjects if not lists[s.name]]
     if empty:
-        raise ValueError(f"subject {empty[0]!r} has no prompts (its list in prompts_and_classes.txt is empty); "
-                         "pass --prompt TEMPLATE.")
+        raise ConfigError(f"subject {empty[0]!r} has no prompts (its list in prompts_and_classes.txt is empty); "
+                          "pass --prompt TEMPLATE.")
     return subjects, lists
 
 
@@ -129,7 +130,7 @@ def _parse_kv(items: List[str], flag: str) -> Dict[str, str]:
     for item in items:
         k, sep, v = item.partition("=")
         if not sep or not k:
-            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} account=myproject")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} account=myproject")
         out[k.strip()] = v
     return out
 
@@ -142,7 +143,7 @@ def build_executor(args, out: Path, cpu_preset: bool):
             return LocalGPUExecutor([None])  # the preset runs on the CPU: one cell at a time
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else visible_gpus()
         if not gpus:
-            raise RuntimeError(f"preset {args.preset!r} needs a CUDA GPU and none is visible. Use --preset smoke to check "
+            raise MachineError(f"preset {args.preset!r} needs a CUDA GPU and none is visible. Use --preset smoke to check "
                                "the set-up on a CPU, or --executor slurm to run the cells on a cluster.")
         return LocalGPUExecutor(gpus)
     cluster = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}[args.executor]
@@ -158,7 +159,8 @@ def build_executor(args, out: Path, cpu_preset: bool):
 
 def run(args: argparse.Namespace) -> int:
     from ..core.subject import list_subject_images, sha256_files
-    from ..pipeline.commands import locate_configs, locate_threestudio
+    from ..pipeline.commands import locate_configs
+    from ..threestudio_root import locate_threestudio
     from ..pipeline.presets import get_preset
     from ..sweep.plan import SweepOptions, is_finished, plan_cells, read_plan, write_plan
     from ..sweep.progress import format_duration
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
     # every check before any work: subjects and photos, prompts, methods, threestudio, configs
     if not args.dataset and not args.subject_specs:
-        raise ValueError("pass the subjects: --dataset DIR (DreamBooth layout) or --subject FOLDER:CLASS ...")
+        raise ConfigError("pass the subjects: --dataset DIR (DreamBooth layout) or --subject FOLDER:CLASS ...")
     subjects, prompts = _subjects_and_prompts(args)
     photos = {s.name: sha256_files(list_subject_images(s.folder)) for s in subjects}
     offered = run_methods()

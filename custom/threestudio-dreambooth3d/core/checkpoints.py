@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import lora
+from ..errors import CheckpointNotFoundError
 
 META_FILE = "dreambooth.json"
 FORMAT = "dreambooth3d-checkpoint/2"
@@ -70,7 +71,7 @@ def is_checkpoint(path: Union[str, Path]) -> bool:
 def read_meta(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not is_checkpoint(path):
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"{path} is not a DreamBooth checkpoint (no {META_FILE}). Point at a folder written "
             "by `dreambooth3d finetune`, e.g. OUT/checkpoints/full."
         )

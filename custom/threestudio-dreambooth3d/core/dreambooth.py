@@ -29,6 +29,7 @@ from . import checkpoints
 from . import lora
 from .sd_models import SDComponents, load_sd_components, resolve_device
 from .subject import load_images, load_subject_images, sha256_files
+from ..errors import ConfigError, RunMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,12 @@ class DreamBoothConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("lora", "full"):
-            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+            raise ConfigError(f"mode must be 'lora' or 'full', not {self.mode!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
         bad = {k: s for k, s in self.checkpoint_steps.items() if not 0 < int(s) <= self.max_steps}
         if bad:
-            raise ValueError(f"checkpoint steps {bad} must lie in 1..max_steps ({self.max_steps})")
+            raise ConfigError(f"checkpoint steps {bad} must lie in 1..max_steps ({self.max_steps})")
         self.checkpoint_steps = {k: int(v) for k, v in self.checkpoint_steps.items()}
         self.extra_images = [(str(p), str(c)) for p, c in self.extra_images]
 
@@ -286,7 +287,7 @@ class DreamBoothTrainer:
             return 0, []
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["fingerprint"] != fingerprint:
-            raise RuntimeError(
+            raise RunMismatchError(
                 f"{self.out} holds a finetuning run with different inputs or settings ({path}). "
                 "Use a new --out folder, or delete that folder to start over."
             )

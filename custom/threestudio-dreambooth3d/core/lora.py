@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+from ..errors import ConfigError
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -45,7 +46,7 @@ def load_lora_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor])
     result = set_peft_model_state_dict(model, state)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise ValueError(f"LoRA weights do not fit this model: unexpected keys {unexpected[:3]}...")
+        raise ConfigError(f"LoRA weights do not fit this model: unexpected keys {unexpected[:3]}...")
 
 
 def merge_lora(model: torch.nn.Module) -> torch.nn.Module:

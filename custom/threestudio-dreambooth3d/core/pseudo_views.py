@@ -31,6 +31,7 @@ from ..errors import PseudoViewError
 from . import cameras as cams
 from .checkpoints import atomic_write_dir
 from .views import view_name
+from ..errors import MissingFileError
 
 CAMERAS_FILE = "cameras.json"
 CONTACT_SHEET = "contact_sheet.png"
@@ -285,9 +286,9 @@ def _load_png(path: Path, mode: str, rec_index: int, size) -> np.ndarray:
 def _read_records(folder: Path) -> List[Dict[str, Any]]:
     path = folder / CAMERAS_FILE
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no pseudo-view set here. {REGENERATE}")
+        raise MissingFileError(f"{folder}: no pseudo-view set here. {REGENERATE}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing, so {folder} is not a complete pseudo-view set. {REGENERATE}")
+        raise MissingFileError(f"{path} is missing, so {folder} is not a complete pseudo-view set. {REGENERATE}")
     try:
         records = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

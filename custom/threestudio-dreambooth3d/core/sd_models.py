@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from ..errors import ModelNotFoundError
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -95,7 +96,7 @@ def load_sd_components(
     model = str(model)
     local = Path(model).exists()
     if local and not (Path(model) / "model_index.json").exists():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"{model} is not a diffusers model folder (no model_index.json). Pass a folder "
             "saved with StableDiffusionPipeline.save_pretrained or a hub id such as "
             "stabilityai/stable-diffusion-2-1-base."

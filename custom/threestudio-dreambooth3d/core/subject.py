@@ -1,13 +1,13 @@
 """Subject photos in, model-ready tensors out, with errors that name the bad file."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..errors import SubjectImageError
+from ..fs import sha256_files  # noqa: F401  (re-exported: photo hashes)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # 8-bit modes only: 16-bit/float images (I;16, I, F) would be silently clipped by PIL
@@ -92,19 +92,6 @@ def load_subject_images(
     """All photos of a subject folder as one [N, 3, R, R] tensor in [-1, 1], plus their paths."""
     paths = list_subject_images(folder)
     return load_images(paths, resolution, min_side), paths
-
-
-def sha256_files(paths: Iterable[Union[str, Path]]) -> str:
-    """sha256 over file names and bytes, in the given order (renaming a photo counts as a change)."""
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def read_captioned_folder(folder: Union[str, Path]) -> List[Tuple[Path, str]]:

@@ -28,6 +28,7 @@ from threestudio.utils.misc import cleanup
 
 from ..core import sds
 from ..core.checkpoints import is_checkpoint, read_meta
+from ..errors import CheckpointNotFoundError
 
 
 def resolve_checkpoint(checkpoint: Optional[str], name: Optional[str] = None) -> Optional[Path]:
@@ -46,7 +47,7 @@ def resolve_checkpoint(checkpoint: Optional[str], name: Optional[str] = None) ->
         if is_checkpoint(candidate):
             return candidate
     found = sorted(p.name for p in (path / "checkpoints").glob("*") if is_checkpoint(p)) if path.is_dir() else []
-    raise FileNotFoundError(
+    raise CheckpointNotFoundError(
         f"No DreamBooth checkpoint at {path}" + (f" named {name!r}" if name else "") + ". Set "
         "system.guidance.checkpoint to a checkpoint folder (holding dreambooth.json) or to a finetuning "
         "output folder plus system.guidance.checkpoint_name"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .manifest import raise_if_disk_full
+from ..errors import MissingOutputError
 
 _IT = re.compile(r"^it(\d+)-")
 
@@ -39,7 +40,7 @@ def obj_to_glb(obj: Path, glb: Path) -> dict:
 
     mesh = trimesh.load(obj, force="mesh", process=False)
     if len(mesh.faces) == 0:
-        raise RuntimeError(f"{obj} has no faces: the NeRF is empty at the isosurface threshold (train longer or "
+        raise MissingOutputError(f"{obj} has no faces: the NeRF is empty at the isosurface threshold (train longer or "
                            "lower system.geometry.isosurface_threshold).")
     try:
         mesh.export(glb)

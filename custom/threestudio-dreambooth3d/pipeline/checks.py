@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .context import RunContext
+from ..errors import MissingFileError
 
 
 def check_prompt(prompt: str, identifier: str, class_noun: str) -> Optional[str]:
@@ -42,5 +43,5 @@ def check_configs(ctx: RunContext) -> None:
     names = [ctx.stage_config(s.name) for s in steps_for(ctx.method) if s.name in ("stage1", "stage2", "stage3", "baseline")]
     missing = [ctx.configs_dir / c for c in names if not (ctx.configs_dir / c).is_file()]
     if missing:
-        raise FileNotFoundError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
+        raise MissingFileError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
                                 "pass --configs DIR pointing at this project's configs/ folder.")

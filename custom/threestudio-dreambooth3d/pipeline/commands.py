@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Union
 
 import yaml
 
-from ..errors import ThreestudioNotFoundError
+from ..errors import ConfigError, MissingFileError
+from ..threestudio_root import THREESTUDIO_HELP, ThreestudioNotFoundError, locate_threestudio  # noqa: F401 (re-exported)
 from .context import TRIAL_TAG, RunContext
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -38,12 +39,6 @@ KEYS = {
     "init_weights": "system.weights",  # stage 3 starts from the stage-1 NeRF
 }
 
-THREESTUDIO_HELP = (
-    "Point at a threestudio checkout (the folder holding launch.py) with --threestudio PATH or "
-    "THREESTUDIO_ROOT=PATH, or install threestudio from a checkout (pip install -e .). "
-    "Get one with: git clone https://github.com/threestudio-project/threestudio && "
-    "pip install -r threestudio/requirements.txt"
-)
 
 
 @dataclass
@@ -59,30 +54,6 @@ class Command:
         return f"cd {shlex.quote(str(self.cwd))} && " + (env + " " if env else "") + shlex.join(self.argv)
 
 
-def locate_threestudio(explicit: Optional[Union[str, Path]] = None) -> Path:
-    """The threestudio checkout: ``explicit`` (--threestudio), $THREESTUDIO_ROOT, or the installed package."""
-    for source, value in (("--threestudio", explicit), ("THREESTUDIO_ROOT", os.environ.get("THREESTUDIO_ROOT"))):
-        if value:
-            root = Path(value).expanduser().resolve()
-            if not (root / "launch.py").is_file() or not (root / "threestudio" / "__init__.py").is_file():
-                raise ThreestudioNotFoundError(
-                    f"{source}={value} is not a threestudio checkout: it needs launch.py and threestudio/__init__.py. "
-                    + THREESTUDIO_HELP
-                )
-            return root
-    import importlib.util
-
-    spec = importlib.util.find_spec("threestudio")
-    if spec is not None and spec.origin:
-        root = Path(spec.origin).resolve().parents[1]
-        if (root / "launch.py").is_file():
-            return root
-        raise ThreestudioNotFoundError(
-            f"threestudio is installed ({Path(spec.origin).parent}) but without its launch.py. " + THREESTUDIO_HELP
-        )
-    raise ThreestudioNotFoundError("threestudio not found. " + THREESTUDIO_HELP)
-
-
 def locate_configs(explicit: Optional[Union[str, Path]] = None) -> Path:
     """Our threestudio configs: ``explicit``, else the copy installed inside the package (pip install .,
     a wheel: setup.py ships configs/ as package data), else the checkout's ``configs/`` next to ``custom/``."""
@@ -92,7 +63,7 @@ def locate_configs(explicit: Optional[Union[str, Path]] = None) -> Path:
         candidates = [PACKAGE_DIR / "configs", PACKAGE_DIR.parents[1] / "configs"]
     folder = next((c for c in candidates if c.is_dir()), candidates[-1])
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"threestudio configs folder {folder} not found. Reinstall threestudio-dreambooth3d "
             "(its package carries the configs) or pass --configs DIR."
         )
@@ -213,7 +184,7 @@ def launch_command(ctx: RunContext, step: str) -> Command:
         mode, config = "--export", ctx.parsed_config(final)
         dotlist = [dot("resume", ctx.last_ckpt(final)), "system.exporter_type=mesh-exporter"]
     else:
-        raise ValueError(f"no launch.py command for step {step!r}")
+        raise ConfigError(f"no launch.py command for step {step!r}")
     # a baseline NeRF is scaled like stage 1 by a preset
     preset_overrides = p.overrides.get(step, p.overrides.get("stage1", []) if step == "baseline" else [])
     dotlist = _trial(step, ctx) + dotlist + list(preset_overrides) + list(ctx.overrides.get(step, []))

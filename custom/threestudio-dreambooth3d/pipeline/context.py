@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .presets import Preset
+from ..errors import ConfigError
 
 TRIAL_TAG = "run"
 MULTIVIEW_INITS = ("partial", "full")
@@ -59,10 +60,10 @@ class RunContext:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         self.multiview_init = self.multiview_init or self.preset.multiview_init
         if self.multiview_init not in MULTIVIEW_INITS:
-            raise ValueError(f"multiview_init must be one of {', '.join(MULTIVIEW_INITS)}, not {self.multiview_init!r}")
+            raise ConfigError(f"multiview_init must be one of {', '.join(MULTIVIEW_INITS)}, not {self.multiview_init!r}")
         self.out = Path(self.out).resolve()
         self.subject = Path(self.subject).resolve()
 

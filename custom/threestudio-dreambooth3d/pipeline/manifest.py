@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..errors import DiskFullError  # noqa: F401  (callers import it from here)
 from ..fs import raise_if_disk_full
+from ..errors import ManifestError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "dreambooth3d-manifest/1"
@@ -70,12 +71,12 @@ class Manifest:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError) as e:
-            raise ValueError(
+            raise ManifestError(
                 f"{self.path} is not a readable manifest ({e}). Delete it to recompute every step, "
                 "or use a new --out folder."
             ) from e
         if data.get("format") != FORMAT:
-            raise ValueError(f"{self.path} has format {data.get('format')!r}, expected {FORMAT!r}. Use a new --out folder.")
+            raise ManifestError(f"{self.path} has format {data.get('format')!r}, expected {FORMAT!r}. Use a new --out folder.")
         self.run_info = data.get("run", {})
         self.steps = {name: StepRecord(**rec) for name, rec in data.get("steps", {}).items()}
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..core.subject import sha256_files
+from ..fs import sha256_files
 from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views
 from .commands import Command, finetune_command, launch_command
 from .context import RunContext
+from ..errors import ConfigError, MissingOutputError
 
 RunCommand = Callable[[Command], None]
 
@@ -70,7 +71,7 @@ class Step:
 
 def _expect(path: Path, what: str, step: str, ctx: RunContext) -> Path:
     if not Path(path).exists():
-        raise RuntimeError(f"{step} finished but wrote no {what} at {path}; see {ctx.logs_dir / (step + '.log')}.")
+        raise MissingOutputError(f"{step} finished but wrote no {what} at {path}; see {ctx.logs_dir / (step + '.log')}.")
     return Path(path)
 
 
@@ -191,12 +192,12 @@ class Export(ThreestudioStage):
     def collect(self, ctx):
         export_dir = latest(ctx.save_dir(self.name), "export")
         if export_dir is None:
-            raise RuntimeError(f"export finished but wrote no it*-export folder under {ctx.save_dir(self.name)}; "
+            raise MissingOutputError(f"export finished but wrote no it*-export folder under {ctx.save_dir(self.name)}; "
                                f"see {ctx.logs_dir / 'export.log'}.")
         files = {p.name: copy_into(p, ctx.mesh_dir / p.name) for p in mesh_files(export_dir)}
         obj = next((p for n, p in files.items() if n.endswith(".obj")), None)
         if obj is None:
-            raise RuntimeError(f"no OBJ in {export_dir}; see {ctx.logs_dir / 'export.log'}.")
+            raise MissingOutputError(f"no OBJ in {export_dir}; see {ctx.logs_dir / 'export.log'}.")
         glb = obj.with_suffix(".glb")
         obj_to_glb(obj, glb)
         views = render_mesh_views(obj, ctx.results_dir / MESH_VIEWS)  # the summary shows the mesh, not only links
@@ -237,5 +238,5 @@ ALIASES = {"multiview": "multiview_finetune", "mesh": "export"}
 def step_name(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in STEP_NAMES + ["baseline"]:  # "baseline": the NeRF step of --method dreamboothfusion/latentnerf
-        raise ValueError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)} (baseline methods: baseline)")
+        raise ConfigError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)} (baseline methods: baseline)")
     return name

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .cell import run_cell, write_record
 from .plan import FAILED, Cell
+from ..errors import MachineError
 
 CellFunction = Callable[[Cell, Optional[str]], Dict[str, Any]]
 QUEUED = "queued"
@@ -119,7 +120,7 @@ class SubmititExecutor:
         try:
             import submitit
         except ImportError as e:
-            raise RuntimeError("the cluster executors need submitit: pip install 'threestudio-dreambooth3d[cluster]' "
+            raise MachineError("the cluster executors need submitit: pip install 'threestudio-dreambooth3d[cluster]' "
                                "(or pip install submitit).") from e
         self.name = f"submitit-{cluster}"
         self.folder = Path(folder)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .dataset import Subject, fill_template
+from ..errors import MissingFileError, SweepInputError
 
 CELL_JSON = "cell.json"
 CELL_LOG = "cell.log"
@@ -153,7 +154,7 @@ def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[st
     keys = [c.key for c in cells]
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup:
-        raise ValueError(f"two cells share the key {dup!r} (the same prompt twice?); remove the duplicate.")
+        raise SweepInputError(f"two cells share the key {dup!r} (the same prompt twice?); remove the duplicate.")
     return cells
 
 
@@ -185,5 +186,5 @@ def read_plan(out: Path) -> List[Cell]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{path} is not a sweep plan ({e}); run `dreambooth3d sweep` with --out {out} first.") from e
+        raise MissingFileError(f"{path} is not a sweep plan ({e}); run `dreambooth3d sweep` with --out {out} first.") from e
     return [Cell(**{k: v for k, v in c.items() if k != "key"}) for c in data["cells"]]
