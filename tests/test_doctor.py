@@ -88,11 +88,12 @@ def test_cuda_pieces_say_which_fallback_stands_in(monkeypatch):
 
 def test_a_gpu_run_without_a_cuda_extension_goes_through_the_stand_ins(make_ctx_default, monkeypatch):
     from threestudio_dreambooth3d.pipeline import commands
+    from threestudio_dreambooth3d.pipeline.steps import get_step
 
     monkeypatch.setattr(commands, "missing_cuda_pieces", lambda: ["tinycudann"])
-    assert "threestudio_dreambooth3d.cpu.compat" in commands.launch_command(make_ctx_default, "stage1").argv
+    assert "threestudio_dreambooth3d.cpu.compat" in get_step("stage1").command(make_ctx_default).argv
     monkeypatch.setattr(commands, "missing_cuda_pieces", lambda: [])
-    argv = commands.launch_command(make_ctx_default, "stage1").argv
+    argv = get_step("stage1").command(make_ctx_default).argv
     assert "threestudio_dreambooth3d.cpu.compat" not in argv and argv[1].endswith("launch.py")
 
 

@@ -21,7 +21,7 @@ from threestudio_dreambooth3d.pipeline import commands, manifest as mf
 from threestudio_dreambooth3d.pipeline.context import RunContext
 from threestudio_dreambooth3d.pipeline.presets import get_preset
 from threestudio_dreambooth3d.pipeline.runner import Runner, StepFailedError, execute
-from threestudio_dreambooth3d.pipeline.steps import STEP_NAMES
+from threestudio_dreambooth3d.pipeline.steps import STEP_NAMES, get_step
 from threestudio_dreambooth3d.core.subject import sha256_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,9 @@ def test_disk_full_while_saving_the_manifest_is_reported(tmp_path, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mf.os, "replace", full)
+    from threestudio_dreambooth3d import fs
+
+    monkeypatch.setattr(fs.os, "replace", full)  # the manifest saves through fs's one atomic write
     with pytest.raises(mf.DiskFullError, match="No space left on the disk while writing .*manifest.json"):
         m.start("finetune", {})
     assert not list(tmp_path.glob(".manifest.json.tmp*"))
@@ -391,7 +393,7 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio, monkeypatch)
     ctx = make_ctx(preset="default", prompt="a sks dog: sitting, 3 hats")
     modes = {}
     for step in ("stage1", "stage2", "stage3", "export"):
-        cmd = commands.launch_command(ctx, step)
+        cmd = get_step(step, ctx.method).command(ctx)
         assert cmd.argv[1] == str(fake_threestudio / "launch.py") and cmd.cwd == ctx.workspace
         assert cmd.argv[cmd.argv.index("--gpu") + 1] == "0"
         d = _dotlist(cmd)
@@ -404,7 +406,7 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio, monkeypatch)
             assert d.system.guidance.pretrained_model_name_or_path == "/models/tiny-sd"
             assert Path(cmd.argv[cmd.argv.index("--config") + 1]) == ctx.configs_dir / f"dreambooth3d-{step}.yaml"
     assert modes == {"stage1": "--train", "stage2": "--test", "stage3": "--train", "export": "--export"}
-    s1, s2, s3, ex = (_dotlist(commands.launch_command(ctx, s)) for s in ("stage1", "stage2", "stage3", "export"))
+    s1, s2, s3, ex = (_dotlist(get_step(s, ctx.method).command(ctx)) for s in ("stage1", "stage2", "stage3", "export"))
     assert Path(s1.system.guidance.checkpoint) == ctx.checkpoint("partial")
     assert Path(s2.system.guidance.checkpoint) == ctx.checkpoint("full")
     assert Path(s2.resume) == ctx.last_ckpt("stage1") and Path(s2.system.pseudo_views_dir) == ctx.pseudo_views_dir
@@ -413,13 +415,13 @@ def test_launch_commands_for_each_stage(make_ctx, fake_threestudio, monkeypatch)
     assert Path(s3.system.guidance.checkpoint) == ctx.multiview_dir / "checkpoints" / "multiview"
     assert Path(s3.data.pseudo_views_dir) == ctx.pseudo_views_dir and Path(s3.system.weights) == ctx.last_ckpt("stage1")
     assert Path(ex.resume) == ctx.last_ckpt("stage3") and ex.system.exporter_type == "mesh-exporter"
-    export = commands.launch_command(ctx, "export")
+    export = get_step("export", ctx.method).command(ctx)
     assert Path(export.argv[export.argv.index("--config") + 1]) == ctx.parsed_config("stage3")
 
 
 def test_smoke_runs_launch_py_through_the_cpu_wrapper_with_the_real_configs(make_ctx, fake_threestudio):
     ctx = make_ctx(overrides={"stage1": ["system.guidance.guidance_scale=50", "data.width=48"]})
-    cmd = commands.launch_command(ctx, "stage1")
+    cmd = get_step("stage1", ctx.method).command(ctx)
     assert cmd.argv[:3] == [ctx.python, "-m", "threestudio_dreambooth3d.cpu.compat"]
     assert cmd.argv[3:6] == ["--threestudio-root", str(fake_threestudio), str(fake_threestudio / "launch.py")]
     assert cmd.argv[cmd.argv.index("--config") + 1].endswith("configs/dreambooth3d-stage1.yaml")
@@ -435,15 +437,15 @@ def test_finetune_commands_parse_with_the_finetune_cli(make_ctx):
     from threestudio_dreambooth3d.cli import build_parser
 
     ctx = make_ctx(preset="default")
-    first = build_parser().parse_args(commands.finetune_command(ctx).argv[3:])
+    first = build_parser().parse_args(get_step("finetune").command(ctx).argv[3:])
     assert first.checkpoints == {"partial": 200, "full": 800} and first.steps == 800
     assert first.num_class_images == 200 and Path(first.out) == ctx.finetune_dir
-    mv = build_parser().parse_args(commands.finetune_command(ctx, multiview=True).argv[3:])
+    mv = build_parser().parse_args(get_step("multiview_finetune").command(ctx).argv[3:])
     assert Path(mv.init_checkpoint) == ctx.checkpoint("partial")  # the paper: the partial model continues
     assert mv.mode == "lora" and not mv.train_text_encoder
     assert Path(mv.extra_images) == ctx.pseudo_views_dir / "images" and mv.checkpoints == {"multiview": 400}
     assert mv.class_images_dir == first.class_images_dir  # class images generated once
-    smoke = build_parser().parse_args(commands.finetune_command(make_ctx()).argv[3:])
+    smoke = build_parser().parse_args(get_step("finetune").command(make_ctx()).argv[3:])
     assert smoke.device == "cpu" and smoke.steps == 4
 
 
@@ -451,7 +453,7 @@ def test_multiview_finetune_continues_the_chosen_checkpoint_with_the_first_runs_
     from threestudio_dreambooth3d.cli import build_parser
 
     def multiview(ctx):
-        return build_parser().parse_args(commands.finetune_command(ctx, multiview=True).argv[3:])
+        return build_parser().parse_args(get_step("multiview_finetune").command(ctx).argv[3:])
 
     ctx = make_ctx(overrides={"finetune": ["--mode=full", "--train-text-encoder"]})
     mv = multiview(ctx)
@@ -624,12 +626,12 @@ def test_baseline_method_runs_only_its_steps_with_the_full_checkpoint(make_ctx):
     fake = FakeExecutor()
     Runner(ctx, steps=steps_for(ctx.method), executor=fake).run()
     assert fake.calls == ["finetune", "baseline", "export"]  # no stages 1-3, no multi-view finetune
-    base = commands.launch_command(ctx, "baseline")
+    base = get_step("baseline", ctx.method).command(ctx)
     assert base.argv[base.argv.index("--config") + 1] == str(ctx.configs_dir / "dreamboothfusion-baseline.yaml")
     assert "--train" in base.argv
     d = _dotlist(base)
     assert Path(d.system.guidance.checkpoint) == ctx.checkpoint("full") and d.trainer.max_steps == 2  # smoke-scaled
-    ex = _dotlist(commands.launch_command(ctx, "export"))
+    ex = _dotlist(get_step("export", ctx.method).command(ctx))
     assert Path(ex.resume) == ctx.last_ckpt("baseline")
     m = mf.Manifest(ctx.out)
     assert set(m.steps) == {"finetune", "baseline", "export", "summary"}

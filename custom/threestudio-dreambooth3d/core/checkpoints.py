@@ -16,8 +16,6 @@ folder, which may be moved or deleted.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Collection, Dict, List, Tuple, Union
 
@@ -26,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from . import lora
 from ..errors import CheckpointNotFoundError
+from ..fs import atomic_write_dir, atomic_write_file
 
 META_FILE = "dreambooth.json"
 FORMAT = "dreambooth3d-checkpoint/2"
@@ -33,35 +32,8 @@ MODULES = ("unet", "text_encoder")
 LORA_TARGETS = {"unet": lora.UNET_TARGETS, "text_encoder": lora.TEXT_ENCODER_TARGETS}
 
 
-def atomic_write_dir(target: Path, write_fn) -> Path:
-    """Let ``write_fn(tmp_dir)`` fill a temporary folder, then swap it into place.
-
-    A crash at any point leaves either the previous complete folder or the new one.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write_fn(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
 def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write_file(path, lambda tmp: torch.save(obj, tmp))
 
 
 def is_checkpoint(path: Union[str, Path]) -> bool:

@@ -12,7 +12,6 @@ every step as diffusers' example script does.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +28,8 @@ from . import checkpoints
 from . import lora
 from .sd_models import SDComponents, load_sd_components, resolve_device
 from .subject import load_images, load_subject_images, sha256_files
-from ..errors import ConfigError, RunMismatchError
+from ..errors import ConfigError, RunMismatchError, TrainingDivergedError
+from ..fs import atomic_write_file, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def run_fingerprint(cfg: DreamBoothConfig, subject_paths: Sequence[Path]) -> str
         d.pop(k)
     d["subject_digest"] = sha256_files(subject_paths)
     d["extra_digest"] = sha256_files([p for p, _ in cfg.extra_images])
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(d)[:16]
 
 
 def ensure_class_images(cfg: DreamBoothConfig, components: SDComponents) -> List[Path]:
@@ -132,9 +132,7 @@ def ensure_class_images(cfg: DreamBoothConfig, components: SDComponents) -> List
             img = generate_images(components, cfg.class_prompt_text, 1, cfg.class_inference_steps, seed=cfg.seed + 10_000 + start + i)[0]
             arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
             path = folder / f"class_{start + i:05d}.png"
-            tmp = path.with_name("." + path.name)
-            Image.fromarray(arr).save(tmp, format="PNG")
-            tmp.replace(path)
+            atomic_write_file(path, lambda tmp, arr=arr: Image.fromarray(arr).save(tmp, format="PNG"))
     return sorted(folder.glob("class_*.png"))[: cfg.num_class_images]
 
 
@@ -343,7 +341,10 @@ class DreamBoothTrainer:
         for step in bar:
             record = {"step": step, **self.train_step(generator)}
             if not math.isfinite(record["loss"]):
-                raise FloatingPointError(f"DreamBooth loss became {record['loss']} at step {step}; lower --lr.")
+                raise TrainingDivergedError(
+                    f"DreamBooth training diverged: the loss became {record['loss']} at step {step} "
+                    f"(learning rate {cfg.lr:g}, mixed precision {cfg.mixed_precision}). Lower --lr "
+                    "(e.g. halve it) or train in fp32 (--mixed-precision no), then rerun with a new --out.")
             history.append(record)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
             if step in ckpt_at:

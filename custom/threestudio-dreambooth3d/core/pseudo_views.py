@@ -29,9 +29,9 @@ import torch
 
 from ..errors import PseudoViewError
 from . import cameras as cams
-from .checkpoints import atomic_write_dir
 from .views import view_name
 from ..errors import MissingFileError
+from ..fs import atomic_write_dir
 
 CAMERAS_FILE = "cameras.json"
 CONTACT_SHEET = "contact_sheet.png"

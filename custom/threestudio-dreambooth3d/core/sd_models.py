@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+
 from ..errors import ModelNotFoundError
+
+
+def pretrained_kwargs(source: Union[str, Path]) -> dict:
+    """``from_pretrained`` keywords for ``source``: a path that exists loads offline (never
+    reaching for the hub with a local folder's name); anything else is a hub id."""
+    return {"local_files_only": True} if Path(source).exists() else {}
 
 
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
@@ -94,14 +101,13 @@ def load_sd_components(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model = str(model)
-    local = Path(model).exists()
-    if local and not (Path(model) / "model_index.json").exists():
+    kw = pretrained_kwargs(model)
+    if kw and not (Path(model) / "model_index.json").exists():
         raise ModelNotFoundError(
             f"{model} is not a diffusers model folder (no model_index.json). Pass a folder "
             "saved with StableDiffusionPipeline.save_pretrained or a hub id such as "
             "stabilityai/stable-diffusion-2-1-base."
         )
-    kw = {"local_files_only": True} if local else {}
     comps = SDComponents(
         tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
         text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype, **kw),

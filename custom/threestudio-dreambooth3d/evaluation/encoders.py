@@ -6,20 +6,15 @@ backend (see ``_pil_backend_kwargs``): the same numbers with or without torchvis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Any, Callable, List, Sequence, Union
 
 import torch
 
+from ..core.sd_models import pretrained_kwargs, resolve_device
 from ..errors import ModelLoadError
-from ..core.sd_models import resolve_device
 from .metrics import l2_normalize
 
 Source = Union[str, Path]
-
-
-def _load_kwargs(source: Source) -> dict:
-    """A path that exists is loaded offline; anything else is a hub id."""
-    return {"local_files_only": True} if Path(source).exists() else {}
 
 
 def _load_error(what: str, source: Source, err: Exception) -> ModelLoadError:
@@ -32,6 +27,19 @@ def _load_error(what: str, source: Source, err: Exception) -> ModelLoadError:
         f"Could not load the {what} from {source}: {where} ({type(err).__name__}: {err}). Pass a "
         "local folder saved with save_pretrained, or a hub id with network access or an HF cache that has it."
     )
+
+
+def _from_pretrained(what: str, source: Source, load: Callable[[dict], Any]) -> Any:
+    """``load(from_pretrained keywords for source)``; a failure is a :class:`ModelLoadError` saying how to fix it."""
+    try:
+        return load(pretrained_kwargs(source))
+    except (OSError, ValueError) as e:
+        raise _load_error(what, source, e) from e
+
+
+def _ready(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """Frozen, in eval mode, on ``device`` in ``dtype``."""
+    return model.to(resolve_device(device), dtype).eval().requires_grad_(False)
 
 
 def _pil_backend_kwargs() -> dict:
@@ -51,10 +59,8 @@ def load_image_processor(source: Source):
     """transformers' own (PIL-backend) image processor of ``source``: resize, crop, normalise."""
     from transformers import AutoImageProcessor
 
-    try:
-        return AutoImageProcessor.from_pretrained(str(source), **_load_kwargs(source), **_pil_backend_kwargs())
-    except (OSError, ValueError) as e:
-        raise _load_error("image processor", source, e) from e
+    return _from_pretrained("image processor", source,
+                            lambda kw: AutoImageProcessor.from_pretrained(str(source), **kw, **_pil_backend_kwargs()))
 
 
 def preprocess_images(processor, images: Sequence) -> torch.Tensor:
@@ -96,14 +102,9 @@ class ClipEncoder(_ImageEncoder):
     def load(cls, source: Source, device=None, dtype: torch.dtype = torch.float32) -> "ClipEncoder":
         from transformers import AutoTokenizer, CLIPModel
 
-        kw = _load_kwargs(source)
-        try:
-            model = CLIPModel.from_pretrained(str(source), **kw)
-            tokenizer = AutoTokenizer.from_pretrained(str(source), **kw)
-        except (OSError, ValueError) as e:
-            raise _load_error("CLIP model", source, e) from e
-        model.to(resolve_device(device), dtype).eval().requires_grad_(False)
-        return cls(model, tokenizer, load_image_processor(source), str(source))
+        model, tokenizer = _from_pretrained("CLIP model", source, lambda kw: (
+            CLIPModel.from_pretrained(str(source), **kw), AutoTokenizer.from_pretrained(str(source), **kw)))
+        return cls(_ready(model, device, dtype), tokenizer, load_image_processor(source), str(source))
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # vision_model + visual_projection spelled out: get_image_features returns a
@@ -137,16 +138,14 @@ class DinoEncoder(_ImageEncoder):
     def load(cls, source: Source, device=None, dtype: torch.dtype = torch.float32) -> "DinoEncoder":
         from transformers import AutoConfig, AutoModel
 
-        kw = _load_kwargs(source)
-        try:
+        def load(kw: dict):
             config = AutoConfig.from_pretrained(str(source), **kw)
             # DINO checkpoints have no trained pooler; ViTModel would add a random one
             extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
-            model = AutoModel.from_pretrained(str(source), **extra, **kw)
-        except (OSError, ValueError) as e:
-            raise _load_error("DINO model", source, e) from e
-        model.to(resolve_device(device), dtype).eval().requires_grad_(False)
-        return cls(model, load_image_processor(source), str(source))
+            return AutoModel.from_pretrained(str(source), **extra, **kw)
+
+        model = _from_pretrained("DINO model", source, load)
+        return cls(_ready(model, device, dtype), load_image_processor(source), str(source))
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]

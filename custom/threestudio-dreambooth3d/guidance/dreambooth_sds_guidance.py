@@ -28,6 +28,7 @@ from threestudio.utils.misc import cleanup
 
 from ..core import sds
 from ..core.checkpoints import is_checkpoint, read_meta
+from ..defaults import DEFAULT_MODEL
 from ..errors import CheckpointNotFoundError
 
 
@@ -60,7 +61,7 @@ class DreamBoothSDSGuidance(BaseObject):
     @dataclass
     class Config(BaseObject.Config):
         # -- every key of threestudio's stable-diffusion-guidance, same meaning --
-        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
+        pretrained_model_name_or_path: str = DEFAULT_MODEL
         enable_memory_efficient_attention: bool = False  # accepted: torch 2's SDPA is always on
         enable_sequential_cpu_offload: bool = False  # weights stay in CPU memory, layers move to the GPU when run
         enable_attention_slicing: bool = False

@@ -38,10 +38,9 @@ def check_subject(folder: Path) -> List[str]:
 
 
 def check_configs(ctx: RunContext) -> None:
-    from .steps import steps_for
+    from .steps import stage_configs
 
-    names = [ctx.stage_config(s.name) for s in steps_for(ctx.method) if s.name in ("stage1", "stage2", "stage3", "baseline")]
-    missing = [ctx.configs_dir / c for c in names if not (ctx.configs_dir / c).is_file()]
+    missing = [c for c in stage_configs(ctx) if not c.is_file()]
     if missing:
         raise MissingFileError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
                                 "pass --configs DIR pointing at this project's configs/ folder.")

@@ -14,16 +14,18 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Literal, Optional, Union
 
 import yaml
 
-from ..errors import ConfigError, MissingFileError
+from ..errors import MissingFileError
 from ..threestudio_root import THREESTUDIO_HELP, ThreestudioNotFoundError, locate_threestudio  # noqa: F401 (re-exported)
 from .context import TRIAL_TAG, RunContext
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 EXTENSION_NAME = "threestudio-dreambooth3d"  # the folder name launch.py sees under custom/
+
+LaunchMode = Literal["--train", "--test", "--export"]
 
 # dotlist keys of our configs (see their headers); one place to change them. The prompt
 # processor interpolates its model and checkpoint from system.guidance.
@@ -86,39 +88,11 @@ def prepare_workspace(ctx: RunContext) -> Path:
     return ws
 
 
-def first_finetune_choices(ctx: RunContext) -> List[str]:
-    """The first finetune's ``--mode`` and ``--train-text-encoder``, for the multi-view finetune.
-
-    The continuation trains what the first run trained (a full UNet stays full, a trained text
-    encoder keeps training); its own ``--set multiview_finetune:...`` options come later and win.
-    """
-    from ..cli import build_parser
-
-    first = finetune_command(ctx).argv[3:]  # after "python -m threestudio_dreambooth3d.cli"
-    args = build_parser().parse_args(first)
-    return ["--mode", args.mode] + (["--train-text-encoder"] if args.train_text_encoder else [])
-
-
-def finetune_command(ctx: RunContext, multiview: bool = False) -> Command:
-    """``dreambooth3d finetune``: partial + full from the photos, or the multi-view continuation."""
-    p = ctx.preset
-    argv = [ctx.python, "-m", "threestudio_dreambooth3d.cli", "finetune",
-            "--subject", str(ctx.subject), "--class-noun", ctx.class_noun, "--model", ctx.model,
-            "--identifier", ctx.identifier, "--num-class-images", str(p.num_class_images),
-            "--class-images-dir", str(ctx.class_images_dir), "--seed", str(ctx.seed)]
-    if multiview:
-        argv += ["--out", str(ctx.multiview_dir), "--steps", str(p.multiview_steps),
-                 "--checkpoints", f"multiview={p.multiview_steps}",
-                 "--init-checkpoint", str(ctx.checkpoint(ctx.multiview_init)),
-                 "--extra-images", str(ctx.pseudo_views_dir / "images")]
-        argv += first_finetune_choices(ctx)
-    else:
-        argv += ["--out", str(ctx.finetune_dir), "--steps", str(p.finetune_steps),
-                 "--checkpoints", f"partial={p.partial_step},full={p.finetune_steps}"]
-    argv += ["--device", "cpu"] if p.cpu else []
-    argv += list(p.finetune_args) + list(ctx.overrides.get("multiview_finetune" if multiview else "finetune", []))
-    env = {} if p.cpu or "CUDA_VISIBLE_DEVICES" in os.environ else {"CUDA_VISIBLE_DEVICES": ctx.gpu}
-    return Command(argv, cwd=ctx.out, env=env, log_name="multiview_finetune" if multiview else "finetune")
+def finetune_cli(ctx: RunContext, args: List[str], log_name: str) -> Command:
+    """``dreambooth3d finetune ARGS`` (the step builds ARGS), on the run's GPU unless the preset is a CPU one."""
+    argv = [ctx.python, "-m", "threestudio_dreambooth3d.cli", "finetune", *args]
+    env = {} if ctx.preset.cpu or "CUDA_VISIBLE_DEVICES" in os.environ else {"CUDA_VISIBLE_DEVICES": ctx.gpu}
+    return Command(argv, cwd=ctx.out, env=env, log_name=log_name)
 
 
 def dot(key: str, value: object) -> str:
@@ -146,48 +120,12 @@ def missing_cuda_pieces() -> List[str]:
     return [m for m in ("tinycudann", "nvdiffrast") if importlib.util.find_spec(m) is None]
 
 
-def launch_command(ctx: RunContext, step: str) -> Command:
-    """threestudio's launch.py for ``stage1``, ``stage2``, ``stage3`` or ``export``.
-
-    stage 1: --train, SDS with the partial DreamBooth model;
-    stage 2: --test from the stage-1 checkpoint, translating orbit renders with the full model
-             into the pseudo-view set;
-    stage 3: --train, SDS with the multi-view model + reconstruction of the pseudo views,
-             starting from the stage-1 weights;
-    export:  --export from the stage-3 checkpoint with its own parsed config and threestudio's mesh exporter.
-    """
-    assert ctx.threestudio_root is not None and ctx.configs_dir is not None
+def launch_py(ctx: RunContext, step: str, config: Path, mode: LaunchMode, dotlist: List[str]) -> Command:
+    """threestudio's launch.py running ``config`` in ``mode`` as the trial ``OUT/<step>/run``, with
+    ``dotlist`` (the step's keys, then its overrides) after the trial keys."""
+    assert ctx.threestudio_root is not None
     p = ctx.preset
-    model = [dot(KEYS["model"], ctx.model)]
-    prompt = [dot(KEYS["prompt"], ctx.prompt)]
-    if step == "stage1":
-        mode, config = "--train", ctx.configs_dir / p.configs["stage1"]
-        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("partial"))]
-    elif step == "stage2":
-        mode, config = "--test", ctx.configs_dir / p.configs["stage2"]
-        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("full")),
-                                    dot("resume", ctx.last_ckpt("stage1")),
-                                    dot(KEYS["pseudo_views_out"], ctx.pseudo_views_dir),
-                                    dot(KEYS["translation_prompt"], ctx.instance_prompt)]
-    elif step == "stage3":
-        mode, config = "--train", ctx.configs_dir / p.configs["stage3"]
-        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview")),
-                                    dot(KEYS["pseudo_views_in"], ctx.pseudo_views_dir),
-                                    dot(KEYS["init_weights"], ctx.last_ckpt("stage1"))]
-    elif step == "baseline":
-        # a baseline method's single NeRF: SDS with the fully trained DreamBooth, that method's config
-        mode, config = "--train", ctx.configs_dir / ctx.stage_config("baseline")
-        dotlist = model + prompt + [dot(KEYS["checkpoint"], ctx.checkpoint("full"))]
-    elif step == "export":
-        # threestudio's own idiom: the trial's parsed config + resume= its checkpoint
-        final = ctx.final_nerf_step
-        mode, config = "--export", ctx.parsed_config(final)
-        dotlist = [dot("resume", ctx.last_ckpt(final)), "system.exporter_type=mesh-exporter"]
-    else:
-        raise ConfigError(f"no launch.py command for step {step!r}")
-    # a baseline NeRF is scaled like stage 1 by a preset
-    preset_overrides = p.overrides.get(step, p.overrides.get("stage1", []) if step == "baseline" else [])
-    dotlist = _trial(step, ctx) + dotlist + list(preset_overrides) + list(ctx.overrides.get(step, []))
+    dotlist = _trial(step, ctx) + list(dotlist)
     launch = str(ctx.threestudio_root / "launch.py")
     args = ["--config", str(config), mode, "--gpu", ctx.gpu, *dotlist]
     if p.cpu or missing_cuda_pieces():

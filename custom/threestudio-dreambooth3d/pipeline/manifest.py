@@ -13,28 +13,20 @@ the next run knows it was interrupted.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..errors import DiskFullError  # noqa: F401  (callers import it from here)
-from ..fs import raise_if_disk_full
-from ..errors import ManifestError
+from ..errors import DiskFullError, ManifestError  # noqa: F401  (DiskFullError: callers import it from here)
+from ..fs import atomic_write_text, fingerprint, raise_if_disk_full  # noqa: F401  (re-exported)
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "dreambooth3d-manifest/1"
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
-
-
-def fingerprint(obj: Any) -> str:
-    """sha256 of a JSON-able object in canonical form (sorted keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -82,18 +74,7 @@ class Manifest:
 
     def save(self) -> None:
         data = {"format": FORMAT, "run": self.run_info, "steps": {n: asdict(r) for n, r in self.steps.items()}}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(data, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise_if_disk_full(e, self.path)
-            raise
+        atomic_write_text(self.path, json.dumps(data, indent=2))
 
     def get(self, name: str) -> Optional[StepRecord]:
         return self.steps.get(name)

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..cpu import smoke
+from ..defaults import DEFAULT_MODEL
 from ..errors import ConfigError
-
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The pipeline's steps, in order, each saying what it depends on, runs and produces.
 
+Each :class:`Step` owns everything about itself: its command (for a threestudio stage:
+the config file, launch.py mode and dotlist), its overrides (the preset's, then the
+user's ``--set STEP:KEY=VALUE``), what it writes and what it must have produced.
+
 A step's ``inputs`` (what the manifest fingerprints) are the command it would run, with
 the output folder and threestudio's location written as ``$OUT``/``$THREESTUDIO`` so a
 moved folder is not "changed", plus hashes of the files the command reads that its text
@@ -13,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..fs import sha256_files
 from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views
-from .commands import Command, finetune_command, launch_command
+from .commands import KEYS, Command, LaunchMode, dot, finetune_cli, launch_py
 from .context import RunContext
 from ..errors import ConfigError, MissingOutputError
 
@@ -51,6 +55,10 @@ class Step:
     def command(self, ctx: RunContext) -> Optional[Command]:
         return None
 
+    def overrides(self, ctx: RunContext) -> List[str]:
+        """The preset's overrides for this step, then the user's (``--set``), so the user's win."""
+        return list(ctx.preset.overrides.get(self.name, [])) + list(ctx.overrides.get(self.name, []))
+
     def inputs(self, ctx: RunContext) -> Dict[str, Any]:
         cmd = self.command(ctx)
         return {"command": _normalised(cmd, ctx)} if cmd is not None else {}
@@ -76,34 +84,79 @@ def _expect(path: Path, what: str, step: str, ctx: RunContext) -> Path:
 
 
 class Finetune(Step):
+    """``dreambooth3d finetune`` on the photos: partial + full checkpoints from one run."""
+
     name, title = "finetune", "DreamBooth finetune on the photos (partial + full checkpoints)"
     resumable = True  # the trainer resumes its own state, after checking it belongs to these inputs
+    checkpoint_names: Tuple[str, ...] = ("partial", "full")
+
+    def out_dir(self, ctx: RunContext) -> Path:
+        return ctx.finetune_dir
+
+    def run_args(self, ctx: RunContext) -> List[str]:
+        """Options that differ between the photo run and the multi-view continuation."""
+        p = ctx.preset
+        return ["--out", str(self.out_dir(ctx)), "--steps", str(p.finetune_steps),
+                "--checkpoints", f"partial={p.partial_step},full={p.finetune_steps}"]
+
+    def overrides(self, ctx):
+        # the preset's finetune options (both finetune steps), then the user's for this step
+        return list(ctx.preset.finetune_args) + super().overrides(ctx)
 
     def command(self, ctx):
-        return finetune_command(ctx)
+        p = ctx.preset
+        args = ["--subject", str(ctx.subject), "--class-noun", ctx.class_noun, "--model", ctx.model,
+                "--identifier", ctx.identifier, "--num-class-images", str(p.num_class_images),
+                "--class-images-dir", str(ctx.class_images_dir), "--seed", str(ctx.seed)]
+        args += self.run_args(ctx) + (["--device", "cpu"] if p.cpu else []) + self.overrides(ctx)
+        return finetune_cli(ctx, args, log_name=self.name)
 
     def inputs(self, ctx):
         return {**super().inputs(ctx), **_subject_inputs(ctx)}
 
     def work_paths(self, ctx):
-        return [ctx.finetune_dir]
+        return [self.out_dir(ctx)]
 
     def collect(self, ctx):
         return {name: _expect(ctx.checkpoint(name) / "dreambooth.json", f"{name} checkpoint", self.name, ctx).parent
-                for name in ("partial", "full")}
+                for name in self.checkpoint_names}
+
+
+def first_finetune_choices(ctx: RunContext) -> List[str]:
+    """The first finetune's ``--mode`` and ``--train-text-encoder``, for the multi-view finetune.
+
+    The continuation trains what the first run trained (a full UNet stays full, a trained text
+    encoder keeps training); its own ``--set multiview_finetune:...`` options come later and win.
+    """
+    from ..cli import build_parser
+
+    first = Finetune().command(ctx).argv[3:]  # after "python -m threestudio_dreambooth3d.cli"
+    args = build_parser().parse_args(first)
+    return ["--mode", args.mode] + (["--train-text-encoder"] if args.train_text_encoder else [])
 
 
 class ThreestudioStage(Step):
+    """A step that runs threestudio's launch.py: its config in ``mode``, with :meth:`dotlist`
+    then the overrides."""
+
     needs_threestudio = True
+    mode: LaunchMode = "--train"
     video_name: Optional[str] = None  # copy the trial's turntable video to results/ under this name
 
+    def config(self, ctx: RunContext) -> Path:
+        """The config file: the method's file for this step under the configs folder."""
+        assert ctx.configs_dir is not None
+        return ctx.configs_dir / ctx.stage_config(self.name)
+
+    def dotlist(self, ctx: RunContext) -> List[str]:
+        """Our config keys for this step: the base model, the prompt, the DreamBooth checkpoint..."""
+        return [dot(KEYS["model"], ctx.model), dot(KEYS["prompt"], ctx.prompt)]
+
     def command(self, ctx):
-        return launch_command(ctx, self.name)
+        return launch_py(ctx, self.name, self.config(ctx), self.mode, self.dotlist(ctx) + self.overrides(ctx))
 
     def inputs(self, ctx):
-        cmd = self.command(ctx)
-        config = Path(cmd.argv[cmd.argv.index("--config") + 1])
-        return {**super().inputs(ctx), "config_sha256": _file_hash(config)}
+        return {**super().inputs(ctx), "config_sha256": _file_hash(self.config(ctx))}
 
     def work_paths(self, ctx):
         paths = [ctx.trial_dir(self.name)]
@@ -130,10 +183,20 @@ class Stage1(NerfStage):
     upstream = ("finetune",)
     video_name = "stage1_turntable.mp4"
 
+    def dotlist(self, ctx):
+        return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("partial"))]
+
 
 class Stage2(ThreestudioStage):
     name, title = "stage2", "stage 2: pseudo multi-view images (stage-1 renders translated by the full model)"
     upstream = ("finetune", "stage1")
+    mode = "--test"  # from the stage-1 checkpoint, translating orbit renders with the full model
+
+    def dotlist(self, ctx):
+        return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("full")),
+                                       dot("resume", ctx.last_ckpt("stage1")),
+                                       dot(KEYS["pseudo_views_out"], ctx.pseudo_views_dir),
+                                       dot(KEYS["translation_prompt"], ctx.instance_prompt)]
 
     def work_paths(self, ctx):
         return super().work_paths(ctx) + [ctx.pseudo_views_dir, ctx.results_dir / "pseudo_views.png"]
@@ -146,29 +209,34 @@ class Stage2(ThreestudioStage):
         return {"pseudo_views": ctx.pseudo_views_dir, "contact_sheet": sheet}
 
 
-class MultiviewFinetune(Step):
+class MultiviewFinetune(Finetune):
+    """The multi-view DreamBooth: continues the first run's checkpoint (run --multiview-init) on
+    the photos plus the captioned pseudo views, training what the first run trained."""
+
     name, title = "multiview_finetune", "multi-view DreamBooth: continue the partial model on photos + pseudo views"
     upstream = ("finetune", "stage2")
-    resumable = True
+    checkpoint_names = ("multiview",)
 
-    def command(self, ctx):
-        return finetune_command(ctx, multiview=True)
+    def out_dir(self, ctx):
+        return ctx.multiview_dir
 
-    def inputs(self, ctx):
-        return {**super().inputs(ctx), **_subject_inputs(ctx)}
-
-    def work_paths(self, ctx):
-        return [ctx.multiview_dir]
-
-    def collect(self, ctx):
-        ckpt = ctx.checkpoint("multiview")
-        return {"multiview": _expect(ckpt / "dreambooth.json", "multiview checkpoint", self.name, ctx).parent}
+    def run_args(self, ctx):
+        p = ctx.preset
+        return ["--out", str(self.out_dir(ctx)), "--steps", str(p.multiview_steps),
+                "--checkpoints", f"multiview={p.multiview_steps}",
+                "--init-checkpoint", str(ctx.checkpoint(ctx.multiview_init)),
+                "--extra-images", str(ctx.pseudo_views_dir / "images")] + first_finetune_choices(ctx)
 
 
 class Stage3(NerfStage):
     name, title = "stage3", "stage 3: SDS with the multi-view model + pseudo-view reconstruction"
     upstream = ("stage1", "stage2", "multiview_finetune")
     video_name = "stage3_turntable.mp4"
+
+    def dotlist(self, ctx):  # starts from the stage-1 weights
+        return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview")),
+                                       dot(KEYS["pseudo_views_in"], ctx.pseudo_views_dir),
+                                       dot(KEYS["init_weights"], ctx.last_ckpt("stage1"))]
 
 
 class Baseline(NerfStage):
@@ -178,13 +246,30 @@ class Baseline(NerfStage):
     upstream = ("finetune",)
     video_name = "baseline_turntable.mp4"
 
+    def dotlist(self, ctx):
+        return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("full"))]
+
+    def overrides(self, ctx):
+        # a baseline NeRF is scaled like stage 1 by a preset that has no baseline entry
+        p = ctx.preset
+        return list(p.overrides.get(self.name, p.overrides.get("stage1", []))) + list(ctx.overrides.get(self.name, []))
+
 
 class Export(ThreestudioStage):
     name, title = "export", "textured mesh export (threestudio mesh-exporter) + GLB"
     upstream = ("stage3",)
 
+    mode = "--export"
+
     def __init__(self, final: str = "stage3") -> None:
         self.upstream = (final,)  # the NeRF step it exports
+
+    def config(self, ctx):
+        # threestudio's own idiom: the trial's parsed config + resume= its checkpoint
+        return ctx.parsed_config(ctx.final_nerf_step)
+
+    def dotlist(self, ctx):
+        return [dot("resume", ctx.last_ckpt(ctx.final_nerf_step)), "system.exporter_type=mesh-exporter"]
 
     def work_paths(self, ctx):
         return [ctx.trial_dir(self.name), ctx.mesh_dir, ctx.results_dir / MESH_VIEWS]
@@ -225,6 +310,17 @@ STEPS: List[Step] = [Finetune(), Stage1(), Stage2(), MultiviewFinetune(), Stage3
 STEP_NAMES = [s.name for s in STEPS]
 
 
+def stage_configs(ctx: RunContext) -> List[Path]:
+    """The config files the method's threestudio steps load (the export loads a NeRF step's parsed config)."""
+    return [s.config(ctx) for s in steps_for(ctx.method) if isinstance(s, ThreestudioStage) and not isinstance(s, Export)]
+
+
+def get_step(name: str, method: str = "dreambooth3d") -> Step:
+    """The step called ``name`` (aliases allowed) as ``method`` runs it."""
+    name = step_name(name)
+    return next(s for s in steps_for(method) + STEPS if s.name == name)
+
+
 def steps_for(method: str) -> List[Step]:
     """The steps a method runs; a baseline skips stages 1-3 and the multi-view finetune."""
     if method == "dreambooth3d":
@@ -232,6 +328,8 @@ def steps_for(method: str) -> List[Step]:
     summary = Summary()
     summary.upstream = ("finetune", "baseline", "export")
     return [Finetune(), Baseline(), Export(final="baseline"), summary]
+
+
 ALIASES = {"multiview": "multiview_finetune", "mesh": "export"}
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..fs import atomic_write_text
 from .plan import DONE, FAILED, RUNNING, Cell
 
 TAIL_LINES = 12
@@ -27,10 +28,7 @@ def _now() -> str:
 
 def write_record(cell: Cell, record: Dict[str, Any]) -> Dict[str, Any]:
     path = cell.record_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)  # a reader (the progress line) never sees half a file
+    atomic_write_text(path, json.dumps(record, indent=2))  # a reader (the progress line) never sees half a file
     return record
 
 

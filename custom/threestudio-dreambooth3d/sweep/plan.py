@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .dataset import Subject, fill_template
 from ..errors import MissingFileError, SweepInputError
+from ..fs import fingerprint
 
 CELL_JSON = "cell.json"
 CELL_LOG = "cell.log"
@@ -134,7 +135,7 @@ def eval_argv(opts: SweepOptions, subject: Subject, prompt: str, out: Path) -> L
 
 def _fingerprint(run: List[str], evaluation: List[str], photos_sha256: str) -> str:
     # argv[0] is the interpreter: a new venv is not a new input
-    return hashlib.sha256(json.dumps([run[1:], evaluation[1:], photos_sha256]).encode()).hexdigest()
+    return fingerprint([run[1:], evaluation[1:], photos_sha256])
 
 
 def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[str, List[str]],

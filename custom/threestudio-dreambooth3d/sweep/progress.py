@@ -8,12 +8,12 @@ itself running when it starts, which on a cluster may be long after submission).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
+from ..fs import atomic_write_text
 from .plan import DONE, FAILED, PROGRESS_JSON, RUNNING, Cell, read_record
 
 
@@ -109,7 +109,4 @@ class Progress:
         print(text, file=self.stream, flush=True)
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.counts(), indent=2))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.counts(), indent=2))
