@@ -1,28 +1,111 @@
 """``OUT/summary.html`` and ``OUT/SUMMARY.md``: what was made, how to look at it, how it was made.
 
+One description of the page (:func:`describe`: a title, an intro line, the run's warnings and
+sections of typed blocks) and two small renderers, so the HTML and the Markdown always say the
+same. The evaluation section sits between markers in both files so ``dreambooth3d eval --run
+OUT`` can rewrite it in place (:func:`update_eval_section`).
 Both link with paths relative to the output folder, so the folder can be moved or zipped.
 """
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
+from ..fs import atomic_write_text
 from .artifacts import MESH_VIEWS, copy_into
 from .context import RunContext
-from .manifest import Manifest, raise_if_disk_full
+from .manifest import Manifest
+
+# -- the page ---------------------------------------------------------------------------------
+
+Inline = Tuple[Literal["text", "code", "em"], str]  # a run of text, `code` or *emphasis*
 
 
-def _write(path: Path, text: str) -> Path:
-    try:
-        path.write_text(text)
-    except OSError as e:
-        raise_if_disk_full(e, path)
-        raise
-    return path
+@dataclass
+class Images:
+    srcs: List[str]
+    alt: Union[str, None] = None  # None: each image's file name (Markdown), no alt (HTML)
+    thumbnails: bool = False
 
 
-def _sections(ctx: RunContext, manifest: Manifest) -> Dict[str, List[str]]:
+@dataclass
+class Videos:
+    srcs: List[str]
+
+
+@dataclass
+class Links:
+    hrefs: List[str]
+
+
+@dataclass
+class CodeList:
+    items: List[str]
+
+
+@dataclass
+class Table:
+    header: List[str]
+    rows: List[List[str]]
+
+
+@dataclass
+class CodeBlocks:
+    blocks: List[Tuple[str, List[str]]]  # (title, lines)
+
+
+@dataclass
+class Evaluation:
+    results: Optional[Dict[str, Any]]  # OUT/eval/eval.json, None before `dreambooth3d eval --run OUT`
+
+
+Block = Union[Images, Videos, Links, CodeList, Table, CodeBlocks, Evaluation]
+
+
+@dataclass
+class Section:
+    title: str
+    block: Union[Block, List[Block]]  # a list: shown one after the other
+
+    @property
+    def blocks(self) -> List[Block]:
+        return self.block if isinstance(self.block, list) else [self.block]
+
+
+@dataclass
+class Page:
+    title: str
+    intro: List[Inline]
+    sections: List[Section] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)  # shown under the intro
+
+
+EVAL_TITLE = "Evaluation"
+EVAL_BEGIN, EVAL_END = "<!--eval-->", "<!--/eval-->"  # `dreambooth3d eval --run OUT` rewrites this part
+NOT_EVALUATED = "Not evaluated yet: `dreambooth3d eval --run OUT --subject PHOTOS --prompt PROMPT` adds the scores here."
+
+
+def _scores(results: Dict[str, Any]) -> List[List[str]]:
+    """[model, 'metric value, ...'] rows of an eval.json."""
+    rows = []
+    for model, m in results.get("clip", {}).items():
+        rows.append((f"CLIP {model}", [("R-precision", m.get("r_precision")), ("CLIP-T", m.get("clip_t")),
+                                       ("CLIP-I", m.get("clip_i"))]))
+    for model, m in results.get("dino", {}).items():
+        rows.append((f"DINO {model}", [("DINO", m.get("dino"))]))
+    return [[name, ", ".join(f"{k} {v:.4f}" for k, v in vals if isinstance(v, (int, float)))] for name, vals in rows]
+
+
+def _eval_intro(results: Dict[str, Any]) -> List[Inline]:
+    views = results.get("views", {})
+    return [("text", f"{views.get('count', '?')} views of "), ("code", str(views.get("folder", ""))),
+            ("text", ", prompt "), ("em", str(results.get("prompt", ""))), ("text", " (CLIP sees "),
+            ("em", str(results.get("clip_prompt", ""))), ("text", ").")]
+
+
+def _sections(ctx: RunContext) -> Dict[str, List[str]]:
     """Relative paths of what exists, grouped for display."""
     def have(rel: str) -> bool:
         return (ctx.out / rel).exists()
@@ -41,43 +124,7 @@ def _sections(ctx: RunContext, manifest: Manifest) -> Dict[str, List[str]]:
     }
 
 
-EVAL_BEGIN, EVAL_END = "<!--eval-->", "<!--/eval-->"  # `dreambooth3d eval --run OUT` rewrites this part
-
-
-def eval_section_html(results: Optional[Dict]) -> str:
-    """The evaluation part of summary.html: the metrics of OUT/eval/eval.json, or how to get them."""
-    e = html.escape
-    if not results:
-        return (f"{EVAL_BEGIN}<h2>Evaluation</h2><p>Not evaluated yet: <code>dreambooth3d eval --run OUT "
-                f"--subject PHOTOS --prompt PROMPT</code> adds the scores here.</p>{EVAL_END}")
-    rows = []
-    for model, m in results.get("clip", {}).items():
-        rows.append((f"CLIP {model}", [("R-precision", m.get("r_precision")), ("CLIP-T", m.get("clip_t")),
-                                       ("CLIP-I", m.get("clip_i"))]))
-    for model, m in results.get("dino", {}).items():
-        rows.append((f"DINO {model}", [("DINO", m.get("dino"))]))
-    body = "".join(f"<tr><td>{e(name)}</td><td>" + ", ".join(
-        f"{k} {v:.4f}" for k, v in vals if isinstance(v, (int, float))) + "</td></tr>" for name, vals in rows)
-    views = results.get("views", {})
-    warn = "".join(f"<p class='warn'>warning: {e(w)}</p>" for w in results.get("warnings", []))
-    return (f"{EVAL_BEGIN}<h2>Evaluation</h2>{warn}<p>{views.get('count', '?')} views of "
-            f"<code>{e(str(views.get('folder', '')))}</code>, prompt <i>{e(str(results.get('prompt', '')))}</i> "
-            f"(CLIP sees <i>{e(str(results.get('clip_prompt', '')))}</i>).</p><table>{body}</table>{EVAL_END}")
-
-
-def update_eval_section(summary_html: Path, results: Dict) -> bool:
-    """Put ``results`` into an existing summary.html; False if there is none (or no eval part)."""
-    if not summary_html.is_file():
-        return False
-    text = summary_html.read_text()
-    a, b = text.find(EVAL_BEGIN), text.find(EVAL_END)
-    if a < 0 or b < 0:
-        return False
-    _write(summary_html, text[:a] + eval_section_html(results) + text[b + len(EVAL_END):])
-    return True
-
-
-def _eval_results(ctx: RunContext) -> Optional[Dict]:
+def _eval_results(ctx: RunContext) -> Optional[Dict[str, Any]]:
     import json
 
     path = ctx.out / "eval" / "eval.json"
@@ -87,55 +134,155 @@ def _eval_results(ctx: RunContext) -> Optional[Dict]:
         return None
 
 
+def describe(ctx: RunContext, manifest: Manifest, subject: Sequence[Path]) -> Page:
+    """The summary page of a run: what exists in its output folder and what the manifest recorded."""
+    sec = _sections(ctx)
+    steps = [r for r in manifest.steps.values() if r.name != "summary"]
+    intro: List[Inline] = [
+        ("text", "Subject "), ("code", str(ctx.subject)), ("text", f" ({len(subject)} photos, class "),
+        ("em", ctx.class_noun), ("text", ", identifier "), ("code", ctx.identifier), ("text", "), base model "),
+        ("code", ctx.model), ("text", ", preset "), ("code", ctx.preset.name), ("text", "."),
+    ]
+    return Page(f"DreamBooth3D: {ctx.prompt}", intro, [
+        Section("Subject photos", Images([ctx.rel(p) for p in subject], thumbnails=True)),
+        Section("Turntables", Videos(sec["videos"])),
+        Section("Pseudo multi-view images (stage 2)", Images(sec["contact_sheet"], alt="pseudo views")),
+        Section("Mesh", [Images(sec["mesh_views"], alt="the exported mesh"), Links(sec["mesh"])]),
+        Section(EVAL_TITLE, Evaluation(_eval_results(ctx))),
+        Section("Checkpoints", CodeList(sec["checkpoints"])),
+        Section("Steps", Table(["step", "status", "time (s)", "finished"],
+                               [[r.name, r.status, str(r.elapsed_s), r.finished_at or ""] for r in steps])),
+        Section("Commands that were run", CodeBlocks([(r.name, list(r.commands)) for r in steps if r.commands])),
+    ], warnings=[str(w) for w in manifest.run_info.get("warnings", [])])
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+def _md_inline(parts: List[Inline]) -> str:
+    fmt = {"text": "{}", "code": "`{}`", "em": "*{}*"}
+    return "".join(fmt[kind].format(text) for kind, text in parts)
+
+
+def _md_block(b: Block) -> List[str]:
+    if isinstance(b, Images):
+        return [f"![{b.alt if b.alt is not None else Path(s).name}]({s})" for s in b.srcs]
+    if isinstance(b, (Videos, Links)):
+        return [f"- [{Path(s).name}]({s})" for s in (b.srcs if isinstance(b, Videos) else b.hrefs)]
+    if isinstance(b, CodeList):
+        return [f"- `{c}`" for c in b.items]
+    if isinstance(b, Table):
+        return ["| " + " | ".join(row) + " |" for row in [b.header, ["---"] * len(b.header), *b.rows]]
+    if isinstance(b, CodeBlocks):
+        return [line for title, lines in b.blocks for line in (f"{title}:", "", "```sh", *lines, "```", "")]
+    if isinstance(b, Evaluation):
+        if not b.results:
+            return [NOT_EVALUATED]
+        return ([f"> warning: {w}" for w in b.results.get("warnings", [])]
+                + [_md_inline(_eval_intro(b.results)), ""] + _md_block(Table(["model", "scores"], _scores(b.results))))
+    raise TypeError(f"no Markdown for {type(b).__name__}")
+
+
+def _md_section(s: Section) -> List[str]:
+    lines = [f"## {s.title}", ""] + [line for b in s.blocks for line in _md_block(b)]
+    return [EVAL_BEGIN, *lines, EVAL_END] if s.title == EVAL_TITLE else lines
+
+
+def render_markdown(page: Page) -> str:
+    lines = [f"# {page.title}", "", _md_inline(page.intro)]
+    lines += [""] + [f"> warning: {w}" for w in page.warnings] if page.warnings else []
+    for s in page.sections:
+        lines += ["", *_md_section(s)]
+    return "\n".join(lines) + "\n"
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}img.t{height:128px;margin:2px}"
+          "video{width:320px;margin:4px}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap}"
+          "td,th{padding:2px 10px;text-align:left}.warn{color:#a40}")
+
+
+def _html_inline(parts: List[Inline]) -> str:
+    fmt = {"text": "{}", "code": "<code>{}</code>", "em": "<i>{}</i>"}
+    return "".join(fmt[kind].format(html.escape(text)) for kind, text in parts)
+
+
+def _html_block(b: Block) -> str:
+    e = html.escape
+    if isinstance(b, Images):
+        cls = " class='t'" if b.thumbnails else ""
+        alt = f" alt='{e(b.alt)}'" if b.alt is not None else ""
+        return "".join(f"<img{cls} src='{e(s)}'{alt}>" for s in b.srcs)
+    if isinstance(b, Videos):
+        return "".join(f"<figure style='display:inline-block'><video src='{e(v)}' controls loop autoplay muted></video>"
+                       f"<figcaption>{e(Path(v).name)}</figcaption></figure>" for v in b.srcs)
+    if isinstance(b, Links):
+        return "<ul>" + "".join(f"<li><a href='{e(m)}'>{e(Path(m).name)}</a></li>" for m in b.hrefs) + "</ul>"
+    if isinstance(b, CodeList):
+        return "<ul>" + "".join(f"<li><code>{e(c)}</code></li>" for c in b.items) + "</ul>"
+    if isinstance(b, Table):
+        head = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header) + "</tr>"
+        return "<table>" + head + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+                                          for row in b.rows) + "</table>"
+    if isinstance(b, CodeBlocks):
+        return "".join(f"<h3>{e(title)}</h3><pre>{e(chr(10).join(lines))}</pre>" for title, lines in b.blocks)
+    if isinstance(b, Evaluation):
+        if not b.results:
+            return "<p>" + _html_inline([("text", "Not evaluated yet: "), ("code", NOT_EVALUATED.split("`")[1]),
+                                         ("text", " adds the scores here.")]) + "</p>"
+        return ("".join(f"<p class='warn'>warning: {e(w)}</p>" for w in b.results.get("warnings", []))
+                + f"<p>{_html_inline(_eval_intro(b.results))}</p>"
+                + "<table>" + "".join(f"<tr><td>{e(name)}</td><td>{e(vals)}</td></tr>"
+                                      for name, vals in _scores(b.results)) + "</table>")
+    raise TypeError(f"no HTML for {type(b).__name__}")
+
+
+def _html_section(s: Section) -> str:
+    text = f"<h2>{html.escape(s.title)}</h2>" + "".join(_html_block(b) for b in s.blocks)
+    return EVAL_BEGIN + text + EVAL_END if s.title == EVAL_TITLE else text
+
+
+def render_html(page: Page) -> str:
+    e = html.escape
+    lines = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(page.title)}</title>",
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>{e(page.title)}</h1><p>{_html_inline(page.intro)}</p>"]
+    lines += [f"<p class='warn'>warning: {e(w)}</p>" for w in page.warnings]
+    lines += [_html_section(s) for s in page.sections]
+    return "\n".join(lines + ["</body></html>"])
+
+
+def eval_section_html(results: Optional[Dict[str, Any]]) -> str:
+    """The evaluation part of summary.html (markers included): the metrics of eval.json, or how to get them."""
+    return _html_section(Section(EVAL_TITLE, Evaluation(results)))
+
+
+def _replace_between_markers(path: Path, new: str) -> bool:
+    if not path.is_file():
+        return False
+    text = path.read_text()
+    a, b = text.find(EVAL_BEGIN), text.find(EVAL_END)
+    if a < 0 or b < 0:
+        return False
+    atomic_write_text(path, text[:a] + new + text[b + len(EVAL_END):])
+    return True
+
+
+def update_eval_section(summary_html: Path, results: Dict[str, Any]) -> bool:
+    """Put ``results`` into an existing summary.html (and the SUMMARY.md beside it); False if there is
+    no summary.html (or no eval part in it)."""
+    section = Section(EVAL_TITLE, Evaluation(results))
+    done = _replace_between_markers(Path(summary_html), _html_section(section))
+    if done:
+        _replace_between_markers(Path(summary_html).with_name("SUMMARY.md"), "\n".join(_md_section(section)))
+    return done
+
+
 def write_summary(ctx: RunContext, manifest: Manifest, photos: Sequence[Path]) -> Dict[str, Path]:
     subject = [copy_into(p, ctx.results_dir / "subject" / p.name) for p in photos]
-    sec = _sections(ctx, manifest)
-    steps = [r for r in manifest.steps.values() if r.name != "summary"]
-    title = f"DreamBooth3D: {ctx.prompt}"
-
-    md = [f"# {title}", "",
-          f"Subject `{ctx.subject}` ({len(photos)} photos, class *{ctx.class_noun}*, identifier `{ctx.identifier}`), "
-          f"base model `{ctx.model}`, preset `{ctx.preset.name}`.", "", "## Subject photos", ""]
-    md += [f"![{p.name}]({ctx.rel(p)})" for p in subject]
-    md += ["", "## Turntables", ""] + [f"- [{Path(v).name}]({v})" for v in sec["videos"]]
-    md += ["", "## Pseudo multi-view images (stage 2)", ""] + [f"![pseudo views]({c})" for c in sec["contact_sheet"]]
-    warnings = list(manifest.run_info.get("warnings", []))
-    md[4:4] = [f"> warning: {w}" for w in warnings] + ([""] if warnings else [])
-    md += ["", "## Mesh", ""] + [f"![mesh]({v})" for v in sec["mesh_views"]] + [f"- [{Path(m).name}]({m})" for m in sec["mesh"]]
-    md += ["", "## Checkpoints", ""] + [f"- `{c}`" for c in sec["checkpoints"]]
-    md += ["", "## Steps", "", "| step | status | time (s) | finished |", "| --- | --- | --- | --- |"]
-    md += [f"| {r.name} | {r.status} | {r.elapsed_s} | {r.finished_at or ''} |" for r in steps]
-    md += ["", "## Commands that were run", ""]
-    for r in steps:
-        if r.commands:
-            md += [f"{r.name}:", "", "```sh", *r.commands, "```", ""]
-
-    e = html.escape
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img.t{height:128px;margin:2px}"
-         "video{width:320px;margin:4px}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap}"
-         "td,th{padding:2px 10px;text-align:left}.warn{color:#a40}</style></head><body>",
-         f"<h1>{e(title)}</h1><p>Subject <code>{e(str(ctx.subject))}</code> ({len(photos)} photos, class "
-         f"<i>{e(ctx.class_noun)}</i>, identifier <code>{e(ctx.identifier)}</code>), base model "
-         f"<code>{e(ctx.model)}</code>, preset <code>{e(ctx.preset.name)}</code>.</p>",
-         "<h2>Subject photos</h2>" + "".join(f"<img class='t' src='{e(ctx.rel(p))}'>" for p in subject),
-         "<h2>Turntables</h2>" + "".join(
-             f"<figure style='display:inline-block'><video src='{e(v)}' controls loop autoplay muted></video>"
-             f"<figcaption>{e(Path(v).name)}</figcaption></figure>" for v in sec["videos"]),
-         "<h2>Pseudo multi-view images (stage 2)</h2>" + "".join(f"<img src='{e(c)}'>" for c in sec["contact_sheet"]),
-         "".join(f"<p class='warn'>warning: {e(w)}</p>" for w in warnings),
-         "<h2>Mesh</h2>" + "".join(f"<img src='{e(v)}' alt='the exported mesh'>" for v in sec["mesh_views"])
-         + "<ul>" + "".join(f"<li><a href='{e(m)}'>{e(Path(m).name)}</a></li>" for m in sec["mesh"]) + "</ul>",
-         eval_section_html(_eval_results(ctx)),
-         "<h2>Checkpoints</h2><ul>" + "".join(f"<li><code>{e(c)}</code></li>" for c in sec["checkpoints"]) + "</ul>",
-         "<h2>Steps</h2><table><tr><th>step</th><th>status</th><th>time (s)</th><th>finished</th></tr>" + "".join(
-             f"<tr><td>{e(r.name)}</td><td>{e(r.status)}</td><td>{r.elapsed_s}</td><td>{e(r.finished_at or '')}</td></tr>"
-             for r in steps) + "</table>",
-         "<h2>Commands that were run</h2>" + "".join(
-             f"<h3>{e(r.name)}</h3><pre>{e(chr(10).join(r.commands))}</pre>" for r in steps if r.commands),
-         "</body></html>"]
+    page = describe(ctx, manifest, subject)
     return {
-        "html": _write(ctx.out / "summary.html", "\n".join(h)),
-        "markdown": _write(ctx.out / "SUMMARY.md", "\n".join(md) + "\n"),
+        "html": atomic_write_text(ctx.out / "summary.html", render_html(page)),
+        "markdown": atomic_write_text(ctx.out / "SUMMARY.md", render_markdown(page)),
         "subject_photos": ctx.results_dir / "subject",
     }
