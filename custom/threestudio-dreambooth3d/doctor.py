@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
+from .cpu.standin import importable
+
 # the threestudio commit the threestudio tier and the smoke run were tested on (README)
 TESTED_THREESTUDIO_COMMIT = "28d9d80d9d00f308244adfcf3be8b17ca0cb6465"
 # distribution name -> module it provides, where they differ in more than case and '-'/'_'
@@ -194,15 +196,7 @@ def check_gpu(needs_gpu: bool, info: Optional[GpuInfo] = None) -> Check:
     return Check("CUDA GPU", INFO, "none visible: CPU smoke preset only")
 
 
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-        return True
-    except Exception:  # a broken CUDA build fails with OSError/RuntimeError as well
-        return False
-
-
-def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = _importable,
+def check_cuda_pieces(gpu: bool, importable: Callable[[str], bool] = importable,
                       have_tcnn_fallback: Optional[bool] = None) -> List[Check]:
     """tinycudann / nvdiffrast / nerfacc's CUDA kernels, and what stands in when one is missing.
 

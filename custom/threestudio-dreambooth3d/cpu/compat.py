@@ -40,7 +40,7 @@ from typing import List, Optional, Union
 
 import torch
 
-from .standin import StandIn
+from .standin import StandIn, importable
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,11 @@ class _MissingRasterizerContext:
         )
 
 
-def _importable(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-        return True
-    except Exception:  # a broken CUDA build fails with OSError/RuntimeError as well
-        return False
-
-
 def install_stand_ins() -> List[str]:
     """Put stand-ins for the CUDA-only extensions that cannot be imported; returns their names."""
     installed = []
     for name in CUDA_ONLY_MODULES:
-        if name in sys.modules or _importable(name):
+        if name in sys.modules or importable(name):
             continue
         if name == "tinycudann":
             from . import tinycudann as module

@@ -5,6 +5,7 @@ fallback (which fills its stand-in) both import it without importing each other.
 """
 from __future__ import annotations
 
+import importlib
 import types
 
 
@@ -20,3 +21,12 @@ class StandIn(types.ModuleType):
             f"be imported without it. Install {self.__name__.split('.')[0]} on a CUDA machine for "
             "the feature that needs it."
         )
+
+
+def importable(name: str) -> bool:
+    """True when ``import name`` works: the one check for whether a stand-in or fallback is needed."""
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # a broken CUDA build fails with OSError/RuntimeError as well
+        return False
