@@ -136,5 +136,9 @@ def launch_py(ctx: RunContext, step: str, config: Path, mode: LaunchMode, dotlis
     else:
         argv = [ctx.python, launch, *args]
     # launch.py imports threestudio from its own folder; the CPU wrapper needs it on the path too
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ctx.threestudio_root), os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ctx.threestudio_root), os.environ.get("PYTHONPATH")])),
+           # launch.py's --test/--export reloads the run's own Lightning checkpoint with a bare
+           # torch.load; torch >= 2.6 defaults that to weights_only=True, which refuses the config
+           # objects some systems (latentnerf) keep in it. The file is this run's own output.
+           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     return Command(argv, cwd=ctx.workspace, env=env, log_name=step)
