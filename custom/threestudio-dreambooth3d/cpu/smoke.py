@@ -36,8 +36,10 @@ OVERRIDES: Dict[str, List[str]] = {
                    *[o for o in STAGE if not o.startswith(("data.width=", "data.height="))]],
     # the export reads stage 3's parsed config: marching cubes on a 32^3 grid, a 64 px texture. A
     # 2-step NeRF is still the initial density blob, below threestudio's fixed threshold: "auto"
-    # takes the mean density.
-    "export": ["system.geometry.isosurface_resolution=32", "system.geometry.isosurface_threshold=auto",
+    # takes the mean density. Always CPU marching cubes: latentnerf.yaml (threestudio's) asks for
+    # marching tetrahedra, whose load/tets grids a bare threestudio checkout may lack.
+    "export": ["system.geometry.isosurface_method=mc-cpu",
+               "system.geometry.isosurface_resolution=32", "system.geometry.isosurface_threshold=auto",
                "system.exporter.texture_size=64"],
 }
 
