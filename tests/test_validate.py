@@ -8,14 +8,14 @@ from threestudio_dreambooth3d.pipeline.validate import StageSpec, missing_files,
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _ctx(tmp_path, overrides):
+def _ctx(tmp_path, overrides, method="dreambooth3d"):
     root = tmp_path / "threestudio"
     (root / "threestudio").mkdir(parents=True)
     (root / "threestudio" / "__init__.py").write_text("")
     (root / "launch.py").write_text("")
     return RunContext(out=tmp_path / "out", subject=tmp_path, class_noun="dog", prompt="a sks dog",
                       preset=get_preset("smoke"), model=str(tmp_path / "tiny"), threestudio_root=root,
-                      configs_dir=REPO / "configs", overrides=overrides)
+                      configs_dir=REPO / "configs", overrides=overrides, method=method)
 
 
 def test_every_threestudio_step_is_checked_with_its_own_command_line(tmp_path):
@@ -31,9 +31,21 @@ def test_every_threestudio_step_is_checked_with_its_own_command_line(tmp_path):
     assert specs["export"].dotlist[-1] == "system.exporter.texture_size=32"
 
 
+def test_a_baseline_method_checks_its_own_steps_only(tmp_path):
+    ctx = _ctx(tmp_path, {"baseline": ["system.no_such_key=1"]}, method="latentnerf")
+    specs = {s.step: s for s in stage_specs(ctx)}
+    assert list(specs) == ["baseline", "export"]  # not the three DreamBooth3D stages it never runs
+    assert specs["baseline"].config == str(REPO / "configs" / "latentnerf-dreambooth-baseline.yaml")
+    assert specs["baseline"].user_overrides == ["system.no_such_key=1"]
+    assert specs["export"].config == specs["baseline"].config  # the baseline's parsed config stands in
+
+
 def test_user_file_overrides_must_exist(tmp_path):
     there = tmp_path / "s1.ckpt"
     there.write_bytes(b"x")
     spec = StageSpec("stage3", "c.yaml", [], [f"system.weights={tmp_path / 'nope.ckpt'}", f"resume={there}",
+                                             f"system.guidance.checkpoint={tmp_path / 'no-checkpoint'}",
                                              "system.guidance.guidance_scale=7", "data.image_path=${oc.env:X}"])
-    assert missing_files(spec) == [f"stage3: --set system.weights={tmp_path / 'nope.ckpt'}: no such file or folder"]
+    assert missing_files(spec) == [f"stage3: --set system.weights={tmp_path / 'nope.ckpt'}: no such file or folder",
+                                   f"stage3: --set system.guidance.checkpoint={tmp_path / 'no-checkpoint'}: "
+                                   "no such file or folder"]

@@ -20,6 +20,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import DreamBooth3DError
+from ..pipeline.console import PACKAGE_LOGGER, hide_captured
 
 # name -> module; each module has add_parser(subparsers) and run(args)
 SUBCOMMANDS = {
@@ -30,7 +31,6 @@ SUBCOMMANDS = {
     "doctor": "threestudio_dreambooth3d.cli.doctor",
 }
 
-PACKAGE_LOGGER = "threestudio_dreambooth3d"
 
 
 def configure_logging(verbosity: int = 0) -> None:
@@ -42,6 +42,7 @@ def configure_logging(verbosity: int = 0) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         handler._dreambooth3d = True  # type: ignore[attr-defined]
+        handler.addFilter(hide_captured)  # third-party messages a command sends to its log file
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger(PACKAGE_LOGGER).setLevel(level)

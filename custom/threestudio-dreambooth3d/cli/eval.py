@@ -56,6 +56,7 @@ def config_from_args(args: argparse.Namespace):
         clip_models=list(args.clip_models), dino_model=dino, distractors_file=args.distractors,
         identifier=args.identifier, first_panel=args.first_panel, device=args.device,
         batch_size=args.batch_size, grid_max_views=args.grid_views,
+        show_warnings=(getattr(args, "verbose", 0) or 0) > 0,
     )
 
 

@@ -83,9 +83,15 @@ def build_context(args: argparse.Namespace) -> RunContext:
 
 def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
     if args.model is None and ctx.preset.model is None and not (Path(ctx.model) / "model_index.json").is_file():
+        from transformers.utils import logging as hf_logging
+
         from ..tiny_models.sd import save_tiny_sd
 
-        save_tiny_sd(Path(ctx.model))
+        hf_logging.disable_progress_bar()  # "Writing model shards" is not the run's progress
+        try:
+            save_tiny_sd(Path(ctx.model))
+        finally:
+            hf_logging.enable_progress_bar()
 
 
 def run_steps(runner, start_from=None) -> int:
@@ -121,8 +127,23 @@ def check_environment(args: argparse.Namespace) -> None:
     raise MachineError(msg)
 
 
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 (``-q``: errors and the result only), 0 (step lines and bars), 1 (``-v``: every line of every command)."""
+    return -1 if getattr(args, "quiet", False) else min(1, getattr(args, "verbose", 0) or 0)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Python warnings of this process (threestudio's loader, trimesh...) go to ``OUT/logs/run.log``."""
+    from ..pipeline.console import warnings_to_log
+
+    out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
+    with warnings_to_log(out / "logs" / "run.log", show=verbosity(args) > 0):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_configs, check_prompt, check_subject
+    from ..pipeline.console import Console
     from ..pipeline.commands import prepare_workspace
     from ..pipeline.runner import Runner, format_elapsed
     from ..pipeline.validate import check_stage_configs
@@ -138,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     check_configs(ctx)
     from ..pipeline.steps import steps_for
 
-    runner = Runner(ctx, steps=steps_for(ctx.method))
+    runner = Runner(ctx, steps=steps_for(ctx.method), console=Console(verbosity(args)))
     if args.dry_run:
         for d in runner.plan(args.start_from):
             print(f"{d.step.name}: {'run' if d.run else 'skip'} ({d.reason})")

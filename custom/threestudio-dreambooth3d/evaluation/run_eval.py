@@ -38,6 +38,7 @@ from .metrics import mean_pairwise_similarity, r_precision, true_prompt_ranks
 
 EVAL_JSON = "eval.json"
 GRID_PNG = "view_grid.png"
+EVAL_LOG = "eval.log"  # the model libraries' warnings
 _STAGE3 = re.compile(r"stage[-_ ]?3", re.IGNORECASE)
 
 # Default distractors: "a {thing}" for everyday things of many kinds (animals, objects of
@@ -69,6 +70,7 @@ class EvalConfig:
     batch_size: int = 32
     grid_max_views: int = 24
     grid_thumb: int = 128
+    show_warnings: bool = False  # -v: third-party warnings on the terminal as well as in eval.log
 
 
 def _natural_key(path: Path):
@@ -250,8 +252,9 @@ def check_models_available(cfg: "EvalConfig", **probes) -> None:
 
 
 def evaluate(cfg: EvalConfig) -> Dict:
-    """Score the views, write eval.json and view_grid.png into the output folder, return the results."""
-    from .encoders import ClipEncoder, DinoEncoder
+    """Score the views, write eval.json and view_grid.png into the output folder, return the results.
+    Warnings of the model libraries go to eval.log there."""
+    from ..pipeline.console import warnings_to_log
 
     if bool(cfg.views) == bool(cfg.run):
         raise EvalInputError("Pass exactly one of --views DIR_OR_GLOB or --run DIR.")
@@ -286,29 +289,50 @@ def evaluate(cfg: EvalConfig) -> Dict:
         results["warnings"].append(
             f"the prompt {cfg.prompt!r} does not contain the identifier {cfg.identifier!r}: scoring a prompt "
             "other than the one the asset was made for, or a run made without its subject")
-    for source in dict.fromkeys(cfg.clip_models):
-        enc = ClipEncoder.load(source, device=cfg.device)
-        img = enc.embed_images(views, cfg.batch_size)
-        txt = enc.embed_texts(prompts)
-        results["clip"][str(source)] = {
-            "r_precision": r_precision(img, txt, true_index=0),
-            "clip_t": mean_pairwise_similarity(img, txt[:1]),
-            "clip_i": mean_pairwise_similarity(img, enc.embed_images(photos, cfg.batch_size)) if photos else None,
-            "true_prompt_rank": true_prompt_ranks(img, txt, true_index=0).tolist(),
-        }
-        del enc
-    if cfg.dino_model and photos:
-        enc = DinoEncoder.load(cfg.dino_model, device=cfg.device)
-        results["dino"][str(cfg.dino_model)] = {
-            "dino": mean_pairwise_similarity(enc.embed_images(views, cfg.batch_size), enc.embed_images(photos, cfg.batch_size))
-        }
-        del enc
-
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings_to_log(out / EVAL_LOG, show=cfg.show_warnings):
+        _score(cfg, views, photos, prompts, results)
     out.mkdir(parents=True, exist_ok=True)
     results["grid"] = str(write_view_grid(views, out / GRID_PNG, cfg.grid_max_views, cfg.grid_thumb))
     (out / EVAL_JSON).write_text(json.dumps(results, indent=2))
     results["eval_json"] = str(out / EVAL_JSON)
     return results
+
+
+def _score(cfg: EvalConfig, views, photos, prompts: List[str], results: Dict) -> None:
+    """Each model in turn, loaded, run and freed, with one progress bar over the models."""
+    from tqdm import tqdm
+
+    from ..pipeline.console import route_library_logs
+    from .encoders import ClipEncoder, DinoEncoder
+
+    route_library_logs()  # transformers' own stderr handler would bypass eval.log
+    models = list(dict.fromkeys(cfg.clip_models)) + ([cfg.dino_model] if cfg.dino_model and photos else [])
+    bar = tqdm(total=len(models), desc="eval models", unit="model", leave=False, disable=None)
+    try:
+        for source in dict.fromkeys(cfg.clip_models):
+            bar.set_postfix_str(str(source))
+            enc = ClipEncoder.load(source, device=cfg.device)
+            img = enc.embed_images(views, cfg.batch_size)
+            txt = enc.embed_texts(prompts)
+            results["clip"][str(source)] = {
+                "r_precision": r_precision(img, txt, true_index=0),
+                "clip_t": mean_pairwise_similarity(img, txt[:1]),
+                "clip_i": mean_pairwise_similarity(img, enc.embed_images(photos, cfg.batch_size)) if photos else None,
+                "true_prompt_rank": true_prompt_ranks(img, txt, true_index=0).tolist(),
+            }
+            del enc
+            bar.update()
+        if cfg.dino_model and photos:
+            bar.set_postfix_str(str(cfg.dino_model))
+            enc = DinoEncoder.load(cfg.dino_model, device=cfg.device)
+            results["dino"][str(cfg.dino_model)] = {
+                "dino": mean_pairwise_similarity(enc.embed_images(views, cfg.batch_size), enc.embed_images(photos, cfg.batch_size))
+            }
+            del enc
+            bar.update()
+    finally:
+        bar.close()
 
 
 def format_table(results: Dict) -> str:

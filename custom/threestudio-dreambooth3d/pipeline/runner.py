@@ -8,19 +8,20 @@ from its own saved state (the DreamBooth trainer checks that state belongs to th
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import StepFailedError
 from .commands import Command
+from .console import Console, failure_lines, warnings_to_log
 from .context import RunContext
 from .manifest import DONE, FAILED, RUNNING, DiskFullError, Manifest, fingerprint, raise_if_disk_full
 from .steps import STEPS, Step, step_name
@@ -44,47 +45,64 @@ def format_elapsed(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def execute(cmd: Command, log_path: Path) -> None:
-    """Run ``cmd``, streaming its output (progress bars included) to the terminal and to ``log_path``."""
+def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> None:
+    """Run ``cmd`` with all its output in ``log_path``; the terminal gets what ``console`` shows
+    (a progress bar read from that output; every line under ``-v``). A failure raises with the
+    lines that say why and the log's path."""
+    console = console if console is not None else Console()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **cmd.env, "PYTHONUNBUFFERED": "1"}
-    tail: deque = deque(maxlen=64)
-    out = getattr(sys.stdout, "buffer", None)
+    out = getattr(sys.stdout, "buffer", None) if console.stream_output else None
+    bar = console.bar()
     with open(log_path, "wb") as log:
-        log.write(("$ " + cmd.shell() + "\n").encode())
+        header = log.write(("$ " + cmd.shell() + "\n").encode())
         proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             # raw chunks, not lines: tqdm and Lightning redraw their bars with \r
             for chunk in iter(lambda: os.read(proc.stdout.fileno(), 1 << 14), b""):
                 log.write(chunk)
-                tail.append(chunk)
-                if out is not None:
+                log.flush()  # a user tailing the log sees it live
+                if bar is not None:
+                    bar.feed(chunk.decode(errors="replace"))
+                elif out is not None:
                     out.write(chunk)
                     out.flush()
-                else:
+                elif console.stream_output:
                     sys.stdout.write(chunk.decode(errors="replace"))
             code = proc.wait()
         except BaseException:
             proc.terminate()
             proc.wait()
             raise
+        finally:
+            if bar is not None:
+                bar.close()
     if code != 0:
-        text = b"".join(tail).decode(errors="replace").replace("\r", "\n")
-        lines = [line for line in text.splitlines() if line.strip()][-15:]
+        text = _tail(log_path, start=header)
         if _DISK_FULL.search(text):
             raise DiskFullError(f"No space left on the disk while running {cmd.log_name} (see {log_path}). "
                                 "Free some space and rerun the same command: finished steps are kept.")
         raise StepFailedError(
-            f"{cmd.log_name} failed (exit code {code}). Last lines:\n    " + "\n    ".join(lines)
-            + f"\nFull log: {log_path}. Fix the cause and rerun the same command: finished steps are kept."
+            f"{cmd.log_name} failed (exit code {code}):\n    " + "\n    ".join(failure_lines(text))
+            + f"\nFull log: {log_path}\nFix the cause and rerun the same command: finished steps are kept."
         )
 
 
+def _tail(path: Path, start: int, size: int = 1 << 19) -> str:
+    """The last ``size`` bytes of a log after ``start`` (the command line we wrote at its top):
+    a traceback sits at the end, and a log can be gigabytes."""
+    with open(path, "rb") as f:
+        f.seek(max(start, f.seek(0, os.SEEK_END) - size))
+        return f.read().decode(errors="replace")
+
+
 class Runner:
-    def __init__(self, ctx: RunContext, steps: Sequence[Step] = STEPS, executor: Executor = execute):
+    def __init__(self, ctx: RunContext, steps: Sequence[Step] = STEPS, executor: Optional[Executor] = None,
+                 console: Optional[Console] = None):
         self.ctx = ctx
         self.steps = list(steps)
-        self.executor = executor
+        self.console = console if console is not None else Console()
+        self.executor = executor or functools.partial(execute, console=self.console)
         self.manifest = Manifest(ctx.out)
         self.current: Optional[str] = None  # the step running now (named when interrupted)
 
@@ -139,13 +157,13 @@ class Runner:
         for i, d in enumerate(decisions, 1):
             head = f"[{i}/{total}] {d.step.name}"
             if not d.run:
-                print(f"{head}: skipped ({d.reason})", flush=True)
+                self.console.step(f"{head}: skipped ({d.reason})")
                 continue
-            print(f"{head}: {d.step.title} ({d.reason})", flush=True)
+            self.console.step(f"{head}: {d.step.title} ({d.reason})")
             self.current = d.step.name
             elapsed = self._run_step(d)
             self.current = None
-            print(f"{head}: done in {format_elapsed(elapsed)}", flush=True)
+            self.console.step(f"{head}: done in {format_elapsed(elapsed)}")
         return self.manifest
 
     def _run_step(self, d: Decision) -> float:
@@ -162,7 +180,9 @@ class Runner:
 
         t0 = time.monotonic()
         try:
-            outputs = step.run(ctx, run_command)
+            # warnings raised here (mesh rendering, the summary) join the step's log, not the terminal
+            with warnings_to_log(ctx.logs_dir / f"{step.name}.log", show=self.console.stream_output):
+                outputs = step.run(ctx, run_command)
         except KeyboardInterrupt:
             raise  # the record stays "running": the next run sees an interrupted step
         except Exception as e:

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 
 SYSTEM_PARTS = ("geometry", "material", "background", "renderer", "guidance", "prompt_processor", "exporter")
 # user overrides whose value is a file or folder that must already exist
-_FILE_KEY = re.compile(r"(^|\.)(weights|resume|[a-z_]*_(path|file|ckpt))$")
+_FILE_KEY = re.compile(r"(^|\.)(weights|resume|checkpoint|[a-z_]*_(path|file|ckpt))$")
 
 
 @dataclass
@@ -136,20 +136,21 @@ class ConfigValidationError(ConfigError):
 
 
 def stage_specs(ctx) -> List[StageSpec]:
-    """The config file and dotlist each threestudio step will run with (from its very command).
-    The export loads stage 3's parsed config, which does not exist yet: stage 3's config and
-    dotlist plus the export's stand in for it."""
-    from .steps import STEPS
+    """The config file and dotlist each threestudio step of the run's method will run with (from
+    its very command). The export loads the final NeRF step's parsed config, which does not exist
+    yet: that step's config and dotlist plus the export's stand in for it."""
+    from .steps import steps_for
 
     specs: Dict[str, StageSpec] = {}
-    for step in STEPS:
+    final = ctx.final_nerf_step
+    for step in steps_for(ctx.method):
         if not step.needs_threestudio:
             continue
         argv = step.command(ctx).argv
         i = argv.index("--config")
         config, dotlist = argv[i + 1], [a for a in argv[i + 2:] if "=" in a and not a.startswith("--")]
-        if step.name == "export" and not Path(config).is_file() and "stage3" in specs:
-            config, dotlist = specs["stage3"].config, specs["stage3"].dotlist + dotlist
+        if step.name == "export" and not Path(config).is_file() and final in specs:
+            config, dotlist = specs[final].config, specs[final].dotlist + dotlist
         specs[step.name] = StageSpec(step.name, config, dotlist, list(ctx.overrides.get(step.name, [])))
     return list(specs.values())
 
