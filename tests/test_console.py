@@ -21,6 +21,7 @@ LIGHTNING_UNKNOWN = "Training: |          | 0/? [00:00<?, ?it/s]"
 VALIDATION = "Validation DataLoader 0: 100%|██████████| 1/1 [00:00<00:00,  2.01it/s]"
 FINETUNE = "DreamBooth:  75%|███████▌  | 3/4 [00:00<00:00, 30.32it/s, instance_loss=1.06, loss=2.19]"
 TESTING = "Testing DataLoader 0:  25%|██▌       | 1/4 [00:00<00:01,  2.24it/s]"
+RICH = "\x1b[2KTesting ━━━━━━━━━━━━━━╸━━━━━━━━━━━━━━━━━━━━━━━━ 3/16 0:00:03 • 0:00:11 1.15it/s"
 
 
 def test_parse_bar_reads_tqdm_and_lightning_redraws():
@@ -28,15 +29,19 @@ def test_parse_bar_reads_tqdm_and_lightning_redraws():
     assert parse_bar(FINETUNE) == BarState("DreamBooth", 3, 4)
     assert parse_bar("\x1b[A" + TESTING) == BarState("Testing DataLoader 0", 1, 4)  # nested bars move the cursor
     assert parse_bar(LIGHTNING_UNKNOWN) == BarState("Training", 0, None)
+    assert parse_bar(RICH) == BarState("Testing", 3, 16)
+    assert parse_bar("Predicting ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━ 4/4 0:00:00 • 0:00:00 310.30it/s") == \
+        BarState("Predicting", 4, 4)
     assert parse_bar("[INFO] 12/40 views done") is None
     assert parse_bar("│ 0 │ geometry │ ImplicitVolume │ 12.6 M │") is None
 
 
 def test_phase_names_and_side_bars():
     assert phase_name("Epoch 3") == "training"
-    assert phase_name("Testing DataLoader 0") == "rendering views"
+    assert phase_name("Testing DataLoader 0") == phase_name("Testing") == "rendering views"
+    assert phase_name("Predicting") == "exporting"
     assert phase_name("class images") == "class images"
-    for side in ("Validation DataLoader 0", "Sanity Checking DataLoader 0", "Loading weights", "Training"):
+    for side in ("Validation DataLoader 0", "Sanity Checking DataLoader 0", "Loading weights", ""):
         assert phase_name(side) is None
 
 
@@ -49,8 +54,11 @@ def test_plain_progress_lines_at_phase_start_and_quarters_side_bars_ignored():
     for i in range(0, len(stream), 7):  # output arrives in arbitrary chunks
         bar.feed(stream[i:i + 7])
     bar.feed("\r" + TESTING)
+    bar.feed("\ntranslating views: 100%|#| 4/4 [00:00<00:00, 1it/s]\n")
+    bar.feed("\r" + TESTING)  # Rich redraws its finished bar while the next phase runs: not a new phase
     assert out.getvalue().splitlines() == ["    training: 0/8", "    training: 2/8", "    training: 4/8",
-                                           "    training: 6/8", "    training: 8/8", "    rendering views: 1/4"]
+                                           "    training: 6/8", "    training: 8/8", "    rendering views: 1/4",
+                                           "    translating views: 4/4"]
 
 
 def test_a_terminal_gets_one_live_bar_that_follows_the_command():
@@ -178,3 +186,18 @@ def test_warnings_to_log_creates_nothing_without_an_output_folder(tmp_path):
     with warnings_to_log(tmp_path / "missing" / "run.log"):
         warnings.warn("early warning", UserWarning)
     assert not (tmp_path / "missing").exists()
+
+
+def test_commands_are_told_to_draw_live_bars_unless_the_user_said_otherwise(tmp_path, capfd, monkeypatch):
+    # Lightning's Rich bar (--test/--export) draws only its last frame into a pipe unless told
+    # it writes to a terminal; the bar reader needs the frames
+    script = ("import os, sys\n"
+              "live = os.environ.get('TTY_COMPATIBLE') == '1'\n"
+              "for i in range(1, 5) if live else [4]:\n"
+              "    sys.stdout.write(f'\\rTesting ━━━━━━ {i}/4 0:00:01 • 0:00:00 1.0it/s')\n")
+    cmd = commands.Command([sys.executable, "-c", script], cwd=tmp_path, log_name="stage2")
+    execute(cmd, tmp_path / "a.log", Console(0))
+    assert capfd.readouterr().err.splitlines() == [f"    rendering views: {i}/4" for i in range(1, 5)]
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    execute(cmd, tmp_path / "b.log", Console(0))
+    assert capfd.readouterr().err.splitlines() == ["    rendering views: 4/4"]

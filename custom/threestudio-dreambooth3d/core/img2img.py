@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 
 def build_img2img_pipeline(components):
@@ -81,6 +82,9 @@ def translate(
     # The pipeline reads tensors with negative values as [-1, 1]: keep renders in [0, 1].
     model_in = _resize(images.clamp(0, 1).to(device, components.vae.dtype), (resolution, resolution))
     out = []
+    # one bar over the views (what `dreambooth3d run` shows for stage 2), not one per batch
+    pipe.set_progress_bar_config(disable=True)
+    bar = tqdm(total=n, desc="translating views", unit="view")
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds[sl]]
@@ -95,4 +99,6 @@ def translate(
             output_type="pt",
         ).images
         out.append(result.float())
+        bar.update(result.shape[0])
+    bar.close()
     return _resize(torch.cat(out), tuple(images.shape[-2:])).clamp(0, 1).to(images.device, images.dtype)

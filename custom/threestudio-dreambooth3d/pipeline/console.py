@@ -15,26 +15,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, List, Optional
+from typing import IO, Dict, Iterator, List, Optional
 
 # tqdm's default layout, "{desc}: {percentage}%|{bar}| {n}/{total} [{elapsed}<{remaining}, ...]";
 # an unknown total (an iterable dataset) prints "?" and no percentage
-_BAR = re.compile(r"^\s*(?P<desc>[^|]*?)\s*:?\s*(?:\d+%)?\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+|\?)\s*\[")
+_TQDM = re.compile(r"^\s*(?P<desc>[^|]*?)\s*:?\s*(?:\d+%)?\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+|\?)\s*\[")
+# Lightning's RichProgressBar (its default for --test/--export when rich is installed):
+# "Testing ━━━━━━━━━━ 4/4 0:00:03 • 0:00:00 1.15it/s"
+_RICH = re.compile(r"^\s*(?P<desc>[^━╸╺╾╼]+?)\s+[━╸╺╾╼─ ]*\s(?P<n>\d+)/(?P<total>\d+|\?|--)\s+\d+:\d{2}:\d{2}")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # a Python warning as warnings.showwarning prints it: "path.py:12: SomeWarning: text"
 _WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
 # bars that are not the step's work: Lightning's sanity check and validation inside training,
-# weight loading/saving in transformers and diffusers, Lightning's placeholder bars
-_SIDE = re.compile(r"^(Sanity Checking|Validation|Loading|Writing|Fetching|Training$|Testing$|Predicting$)")
+# weight loading/saving in transformers and diffusers; diffusers' unnamed denoising bars
+_SIDE = re.compile(r"^(Sanity Checking|Validation|Loading|Writing|Fetching|$)")
 # what the user reads instead of the child's bar names
-_PHASES = [(re.compile(r"^Epoch \d+"), "training"), (re.compile(r"^Testing DataLoader"), "rendering views"),
-           (re.compile(r"^Predicting DataLoader"), "exporting"), (re.compile(r"^DreamBooth$"), "finetune steps")]
+_PHASES = [(re.compile(r"^(Epoch \d+|Training)"), "training"), (re.compile(r"^Testing"), "rendering views"),
+           (re.compile(r"^Predicting"), "exporting"), (re.compile(r"^DreamBooth$"), "finetune steps")]
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,11 @@ class BarState:
 
 def parse_bar(segment: str) -> Optional[BarState]:
     """The bar in one redraw (text between carriage returns/newlines), or None if it is not one."""
-    m = _BAR.match(_ANSI.sub("", segment))
+    text = _ANSI.sub("", segment)
+    m = _TQDM.match(text) or _RICH.match(text)
     if m is None:
         return None
-    total = None if m["total"] == "?" else int(m["total"])
+    total = int(m["total"]) if m["total"].isdigit() else None
     return BarState(m["desc"].strip(), int(m["n"]), total)
 
 
@@ -129,6 +134,7 @@ class StepBar:
         self._quarter = -1
         self._n = 0
         self._bar = None
+        self._seen: Dict[str, BarState] = {}  # the last redraw of each phase
 
     def feed(self, data: str) -> None:
         """Output of the command, in whatever chunks it arrives."""
@@ -144,6 +150,9 @@ class StepBar:
         phase = phase_name(state.desc)
         if phase is None or (state.total is None and state.n == 0):
             return
+        if phase != self._phase and self._seen.get(phase) == state:
+            return  # an old bar drawn again unchanged (Rich refreshes its last frame): not news
+        self._seen[phase] = state
         if phase != self._phase or state.total != self._total or state.n < self._n:
             self._start(phase, state.total)  # a new phase, or the same one started over (next epoch)
         if self.tty:
@@ -196,6 +205,17 @@ class Console:
     @property
     def stream_output(self) -> bool:
         return self.verbosity > 0
+
+    def child_env(self) -> Dict[str, str]:
+        """Environment for a command: Rich (Lightning's bar for --test/--export) draws its bar only
+        at the end unless told it writes to a terminal; the bar reader needs the live redraws (and
+        a log without colour codes). What the user set wins."""
+        env = {}
+        if self.verbosity == 0:
+            env = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+        elif self.verbosity > 0 and self.out.isatty():
+            env = {"TTY_COMPATIBLE": "1"}
+        return {k: v for k, v in env.items() if k not in os.environ}
 
 
 PACKAGE_LOGGER = "threestudio_dreambooth3d"

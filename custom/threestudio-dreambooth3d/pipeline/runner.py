@@ -51,7 +51,7 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
     lines that say why and the log's path."""
     console = console if console is not None else Console()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **cmd.env, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **console.child_env(), **cmd.env, "PYTHONUNBUFFERED": "1"}
     out = getattr(sys.stdout, "buffer", None) if console.stream_output else None
     bar = console.bar()
     with open(log_path, "wb") as log:
