@@ -501,6 +501,19 @@ def test_threestudio_not_found_says_how_to_point_at_it(tmp_path, monkeypatch):
         commands.locate_threestudio()
 
 
+def test_export_of_a_latentnerf_reads_its_texture_through_the_latent_to_rgb_material(make_ctx):
+    from threestudio_dreambooth3d.pipeline.steps import steps_for
+
+    ctx = make_ctx(method="latentnerf")
+    export = [s for s in steps_for("latentnerf") if s.name == "export"][0]
+    dotlist = export.dotlist(ctx)
+    ckpt = str(ctx.last_ckpt("baseline"))
+    assert "system.material_type=latent-rgb-material" in dotlist and f"system.weights={ckpt}" in dotlist
+    assert not any(d.startswith("resume=") for d in dotlist)  # strict resume would miss the adapter's weights
+    plain = [s for s in steps_for("dreamboothfusion") if s.name == "export"][0].dotlist(make_ctx(method="dreamboothfusion"))
+    assert not any("material_type" in d for d in plain) and any(d.startswith("resume=") for d in plain)
+
+
 def test_failed_command_reports_its_last_lines_and_log(tmp_path):
     cmd = commands.Command([sys.executable, "-c", "print('loading'); print('ValueError: bad config key'); raise SystemExit(3)"],
                            cwd=tmp_path, log_name="stage1")

@@ -1,5 +1,6 @@
 """Registers the threestudio adapters: ``dreambooth-sds-guidance``, ``dreambooth-prompt-processor``,
-``pseudo-multiview-datamodule`` and ``dreambooth3d-system``.
+``pseudo-multiview-datamodule``, ``dreambooth3d-system`` and ``latent-rgb-material`` (the
+texture of a Latent-NeRF baseline's mesh export).
 
 Nothing registers on import of :mod:`threestudio_dreambooth3d`: the core never imports
 threestudio. :func:`register` runs when threestudio's launch.py loads ``custom/`` (the
@@ -12,5 +13,6 @@ def register() -> None:
     """Import the adapter modules so their ``@threestudio.register`` decorators run (idempotent)."""
     from .data import pseudo_multiview  # noqa: F401
     from .guidance import dreambooth_sds_guidance  # noqa: F401
+    from .materials import latent_rgb_material  # noqa: F401
     from .prompt_processors import dreambooth_prompt_processor  # noqa: F401
     from .systems import dreambooth3d_system  # noqa: F401

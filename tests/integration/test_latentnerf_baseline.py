@@ -57,3 +57,21 @@ def test_latentnerf_baseline_trains_and_decodes_its_renders(threestudio, project
     assert moved and all(torch.isfinite(trained[k]).all() for k in moved)
     frames = sorted((trial / "save" / f"it{smoke.TRAIN_STEPS}-test").glob("*.png"))
     assert len(frames) == 4 and Image.open(frames[0]).size[1] == smoke.RENDER_SIZE
+
+
+def test_export_material_turns_latents_into_rgb_with_latentnerfs_matrix(threestudio, tmp_path):
+    # the export swaps no-material for latent-rgb-material (pipeline/steps.py Export.dotlist): it
+    # must accept the latentnerf config's material block and export RGB albedo, not latents
+    cfg = load_config(CONFIGS / f"{NAME}.yaml", 'system.prompt_processor.prompt="a sks dog"',
+                      f"system.guidance.checkpoint={tmp_path / 'ckpt'}")
+    material = threestudio.find("latent-rgb-material")(cfg.system.material)
+    latents = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    albedo = material.export(features=latents, points=torch.zeros(3, 3))["albedo"]
+    # Latent-NeRF's rows (R, G, B) for L1 and L4, mapped from [-1, 1] to [0, 1] by hand
+    expected = torch.tensor([[(1 + 0.298) / 2, (1 + 0.207) / 2, (1 + 0.208) / 2],
+                             [(1 - 0.184) / 2, (1 - 0.271) / 2, (1 - 0.473) / 2],
+                             [0.5, 0.5, 0.5]])
+    assert torch.allclose(albedo, expected, atol=1e-6)
+    # no-material, which the Latent-NeRF trains with, would export the latents themselves
+    stock = threestudio.find(cfg.system.material_type)(cfg.system.material)
+    assert not torch.allclose(stock.export(features=latents)["albedo"], expected)

@@ -269,7 +269,14 @@ class Export(ThreestudioStage):
         return ctx.parsed_config(ctx.final_nerf_step)
 
     def dotlist(self, ctx):
-        return [dot("resume", ctx.last_ckpt(ctx.final_nerf_step)), "system.exporter_type=mesh-exporter"]
+        ckpt = ctx.last_ckpt(ctx.final_nerf_step)
+        if ctx.method == "latentnerf":
+            # its NeRF holds SD latents: export through Latent-NeRF's latent->RGB adapter
+            # (materials/latent_rgb_material.py); system.weights, not resume, because the
+            # checkpoint has no weights for that material
+            return [dot("system.weights", ckpt), "system.material_type=latent-rgb-material",
+                    "system.exporter_type=mesh-exporter"]
+        return [dot("resume", ckpt), "system.exporter_type=mesh-exporter"]
 
     def work_paths(self, ctx):
         return [ctx.trial_dir(self.name), ctx.mesh_dir, ctx.results_dir / MESH_VIEWS]

@@ -1,0 +1,1 @@
+"""threestudio materials (registered by :func:`threestudio_dreambooth3d.registration.register`)."""
