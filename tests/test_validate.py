@@ -49,3 +49,21 @@ def test_user_file_overrides_must_exist(tmp_path):
     assert missing_files(spec) == [f"stage3: --set system.weights={tmp_path / 'nope.ckpt'}: no such file or folder",
                                    f"stage3: --set system.guidance.checkpoint={tmp_path / 'no-checkpoint'}: "
                                    "no such file or folder"]
+
+
+def test_a_threestudio_that_cannot_load_is_reported_with_its_error_not_its_warnings(tmp_path):
+    import pytest
+
+    from threestudio_dreambooth3d.pipeline.validate import ConfigValidationError, check_stage_configs
+
+    ctx = _ctx(tmp_path, {})
+    (ctx.threestudio_root / "threestudio" / "__init__.py").write_text(
+        "import warnings\nwarnings.warn('register_new_resolver() is deprecated', UserWarning)\n"
+        "import jaxtyping_not_installed_here\n")
+    with pytest.raises(ConfigValidationError) as e:
+        check_stage_configs(ctx, timeout=120)
+    msg = str(e.value)
+    assert "ModuleNotFoundError: No module named 'jaxtyping_not_installed_here'" in msg
+    assert "deprecated" not in msg
+    # where it was raised and what, not a screen of import frames
+    assert 'threestudio/__init__.py", line 3' in msg and len(msg.splitlines()) <= 5

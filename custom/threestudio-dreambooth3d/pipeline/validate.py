@@ -174,7 +174,9 @@ def check_stage_configs(ctx, timeout: float = 600) -> None:
             result = json.loads(line)
             break
     if result is None:
-        tail = "\n    ".join([ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-12:])
+        from .console import failure_lines
+
+        tail = "\n    ".join(failure_lines(proc.stdout + proc.stderr))
         raise ConfigValidationError(f"could not load the stage configs with threestudio (exit code "
                                     f"{proc.returncode}):\n    {tail}")
     if result["errors"]:
