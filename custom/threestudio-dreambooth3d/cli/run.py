@@ -85,8 +85,10 @@ def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
     if args.model is None and ctx.preset.model is None and not (Path(ctx.model) / "model_index.json").is_file():
         from transformers.utils import logging as hf_logging
 
+        from ..pipeline.console import route_library_logs
         from ..tiny_models.sd import save_tiny_sd
 
+        route_library_logs()  # their warnings join OUT/logs/run.log
         hf_logging.disable_progress_bar()  # "Writing model shards" is not the run's progress
         try:
             save_tiny_sd(Path(ctx.model))

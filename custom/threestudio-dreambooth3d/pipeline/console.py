@@ -259,6 +259,7 @@ def warnings_to_log(log_path: Optional[Path], show: bool = False) -> Iterator[Li
         if show:
             original(message, category, filename, lineno, file, line)
 
+    route_library_logs()  # transformers/diffusers, if loaded, log around the root logger otherwise
     handler = _Collect(caught)
     warnings.showwarning = record
     logging.getLogger().addHandler(handler)
