@@ -52,18 +52,26 @@ def test_user_file_overrides_must_exist(tmp_path):
 
 
 def test_a_threestudio_that_cannot_load_is_reported_with_its_error_not_its_warnings(tmp_path):
+    import dataclasses
+    import sys
+
     import pytest
 
     from threestudio_dreambooth3d.pipeline.validate import ConfigValidationError, check_stage_configs
 
-    ctx = _ctx(tmp_path, {})
-    (ctx.threestudio_root / "threestudio" / "__init__.py").write_text(
-        "import warnings\nwarnings.warn('register_new_resolver() is deprecated', UserWarning)\n"
-        "import jaxtyping_not_installed_here\n")
+    # an interpreter whose threestudio import fails after a screen of warnings and import frames
+    fake = tmp_path / "python"
+    frames = "".join(f'  File "/ts/module{i}.py", line {i}, in <module>\n    import module{i + 1}\n' for i in range(8))
+    fake.write_text(f"#!{sys.executable}\nimport sys\n"
+                    "sys.stderr.write('/ts/utils/config.py:11: UserWarning: register_new_resolver() is deprecated\\n')\n"
+                    f"sys.stderr.write('Traceback (most recent call last):\\n' + {frames!r})\n"
+                    "sys.stderr.write(\"ModuleNotFoundError: No module named 'jaxtyping'\\n\")\n"
+                    "sys.exit(1)\n")
+    fake.chmod(0o755)
+    ctx = dataclasses.replace(_ctx(tmp_path, {}), python=str(fake))
     with pytest.raises(ConfigValidationError) as e:
         check_stage_configs(ctx, timeout=120)
     msg = str(e.value)
-    assert "ModuleNotFoundError: No module named 'jaxtyping_not_installed_here'" in msg
-    assert "deprecated" not in msg
+    assert "ModuleNotFoundError: No module named 'jaxtyping'" in msg and "deprecated" not in msg
     # where it was raised and what, not a screen of import frames
-    assert 'threestudio/__init__.py", line 3' in msg and len(msg.splitlines()) <= 5
+    assert 'File "/ts/module7.py", line 7' in msg and len(msg.splitlines()) <= 5
