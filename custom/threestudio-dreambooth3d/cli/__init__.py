@@ -32,7 +32,6 @@ SUBCOMMANDS = {
 }
 
 
-
 def configure_logging(verbosity: int = 0) -> None:
     """Logging for a command-line run, set once: our loggers at INFO (``-v``: DEBUG, ``-q``: WARNING),
     everything else (diffusers, transformers, Lightning...) at WARNING."""

@@ -292,7 +292,6 @@ def evaluate(cfg: EvalConfig) -> Dict:
     out.mkdir(parents=True, exist_ok=True)
     with warnings_to_log(out / EVAL_LOG, show=cfg.show_warnings):
         _score(cfg, views, photos, prompts, results)
-    out.mkdir(parents=True, exist_ok=True)
     results["grid"] = str(write_view_grid(views, out / GRID_PNG, cfg.grid_max_views, cfg.grid_thumb))
     (out / EVAL_JSON).write_text(json.dumps(results, indent=2))
     results["eval_json"] = str(out / EVAL_JSON)
@@ -307,10 +306,11 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], results: Dict) ->
     from .encoders import ClipEncoder, DinoEncoder
 
     route_library_logs()  # transformers' own stderr handler would bypass eval.log
-    models = list(dict.fromkeys(cfg.clip_models)) + ([cfg.dino_model] if cfg.dino_model and photos else [])
-    bar = tqdm(total=len(models), desc="eval models", unit="model", leave=False, disable=None)
+    clip_models = list(dict.fromkeys(cfg.clip_models))
+    use_dino = bool(cfg.dino_model and photos)
+    bar = tqdm(total=len(clip_models) + use_dino, desc="eval models", unit="model", leave=False, disable=None)
     try:
-        for source in dict.fromkeys(cfg.clip_models):
+        for source in clip_models:
             bar.set_postfix_str(str(source))
             enc = ClipEncoder.load(source, device=cfg.device)
             img = enc.embed_images(views, cfg.batch_size)
@@ -323,7 +323,7 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], results: Dict) ->
             }
             del enc
             bar.update()
-        if cfg.dino_model and photos:
+        if use_dino:
             bar.set_postfix_str(str(cfg.dino_model))
             enc = DinoEncoder.load(cfg.dino_model, device=cfg.device)
             results["dino"][str(cfg.dino_model)] = {

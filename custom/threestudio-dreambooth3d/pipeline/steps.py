@@ -274,9 +274,10 @@ class Export(ThreestudioStage):
             # its NeRF holds SD latents: export through Latent-NeRF's latent->RGB adapter
             # (materials/latent_rgb_material.py); system.weights, not resume, because the
             # checkpoint has no weights for that material
-            return [dot("system.weights", ckpt), "system.material_type=latent-rgb-material",
-                    "system.exporter_type=mesh-exporter"]
-        return [dot("resume", ckpt), "system.exporter_type=mesh-exporter"]
+            load = [dot("system.weights", ckpt), "system.material_type=latent-rgb-material"]
+        else:
+            load = [dot("resume", ckpt)]
+        return load + ["system.exporter_type=mesh-exporter"]
 
     def work_paths(self, ctx):
         return [ctx.trial_dir(self.name), ctx.mesh_dir, ctx.results_dir / MESH_VIEWS]
