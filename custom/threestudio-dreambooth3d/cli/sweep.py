@@ -104,6 +104,10 @@ def _subjects_and_prompts(args):
 
     if args.dataset:
         ds = read_dreambooth_dataset(args.dataset, args.subjects)
+        if ds.unlisted:
+            print(f"sweep: warning: {len(ds.unlisted)} folder(s) of photos in {ds.root} are not in its "
+                  f"prompts_and_classes.txt and are not swept: {', '.join(ds.unlisted)} (add a line "
+                  "'subject_name,class' for each to include it)", file=sys.stderr, flush=True)
         subjects = ds.subjects
         lists = {s.name: ds.prompts_for(s) for s in subjects}
     else:

@@ -47,6 +47,7 @@ class DreamBoothDataset:
     subjects: List[Subject]
     object_prompts: List[str] = field(default_factory=list)  # templates with {identifier} {class}
     live_prompts: List[str] = field(default_factory=list)
+    unlisted: List[str] = field(default_factory=list)  # folders of photos the table does not name (not swept)
 
     def prompts_for(self, subject: Subject) -> List[str]:
         return list(self.live_prompts if subject.live else self.object_prompts)
@@ -75,12 +76,16 @@ def fill_template(template: str, identifier: str, class_noun: str) -> str:
 
 
 def parse_prompts_and_classes(text: str, source: str = PROMPTS_FILE) -> Dict:
-    """``{"classes": {subject: class}, "object": [templates], "live": [templates]}``."""
+    """``{"classes": {subject: class}, "object": [templates], "live": [templates]}``.
+
+    The ``Classes`` heading is optional: the table may open the file. A subject listed twice
+    is refused (which line should win is the user's call, not ours)."""
     classes: Dict[str, str] = {}
+    class_lines: Dict[str, int] = {}
     lists: Dict[str, List[str]] = {"object": [], "live": []}
-    section: Optional[str] = None
+    section: Optional[str] = "classes"  # lines before any heading are the table
     for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+        line = raw.strip().lstrip("\ufeff")  # a byte-order mark some editors write
         low = line.lower()
         if not line or low.startswith("prompt_list") or line in ("]", "],"):
             continue
@@ -93,23 +98,48 @@ def parse_prompts_and_classes(text: str, source: str = PROMPTS_FILE) -> Dict:
         elif "prompts" in low and "live" in low:
             section = "live"
         elif section == "classes":
+            if _PROMPT_LINE.match(line):
+                raise SweepInputError(f"{source}:{lineno}: a prompt line before an 'Object Prompts' or 'Live Subject "
+                                      f"Prompts' heading: {line!r}. Put the heading on the line above the prompt list.")
             m = _CLASS_LINE.match(line)
             if m is None:
-                raise SweepInputError(f"{source}:{lineno}: expected 'subject_name,class', got {line!r}.")
-            if (m.group(1), m.group(2)) != ("subject_name", "class"):  # the table's header
-                classes[m.group(1)] = m.group(2)
+                raise SweepInputError(f"{source}:{lineno}: expected 'subject_name,class' (e.g. 'dog,dog' or "
+                                      f"'bear_plushie,stuffed animal'), got {line!r}.")
+            name, class_noun = m.group(1), m.group(2)
+            if (name, class_noun) == ("subject_name", "class"):  # the table's header
+                continue
+            if name in classes:
+                raise SweepInputError(f"{source}: subject {name!r} is listed twice, line {class_lines[name]} "
+                                      f"({name},{classes[name]}) and line {lineno} ({line}). Keep one of them.")
+            classes[name], class_lines[name] = class_noun, lineno
         elif section in lists:
             m = _PROMPT_LINE.match(line)
             if m is None:
                 raise SweepInputError(f"{source}:{lineno}: expected a line like "
                                       f"\"'a {{0}} {{1}} in the snow'.format(unique_token, class_token),\", got {line!r}.")
             lists[section].append(m.group(2).replace("{0}", "{identifier}").replace("{1}", "{class}"))
+        else:
+            raise SweepInputError(f"{source}:{lineno}: {line!r} is under the 'Prompts' heading but not in a list: "
+                                  "expected an 'Object Prompts' or 'Live Subject Prompts' heading first.")
     if not classes:
-        raise SweepInputError(f"{source} has no 'Classes' table (lines 'subject_name,class').")
+        raise SweepInputError(f"{source} lists no subjects: expected lines 'subject_name,class' (e.g. 'dog,dog') "
+                              "before the prompt lists.")
     for kind, templates in lists.items():
         for t in templates:
             check_template(t, where=f"{source} ({kind} prompts)")
     return {"classes": classes, **lists}
+
+
+def read_text_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is reported with its line, not as a raw UnicodeDecodeError."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise SweepInputError(f"{path}:{line}: byte 0x{data[e.start]:02x} at column {column} is not UTF-8. "
+                              "Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
 
 
 def find_prompts_file(root: Union[str, Path]) -> Path:
@@ -129,9 +159,11 @@ def read_dreambooth_dataset(root: Union[str, Path], only: Optional[Sequence[str]
     """The subjects (folders checked to exist) and prompt lists of a DreamBooth-style dataset;
     ``only`` keeps the named subjects, in the order given."""
     path = find_prompts_file(root)
-    parsed = parse_prompts_and_classes(path.read_text(encoding="utf-8"), str(path))
+    parsed = parse_prompts_and_classes(read_text_utf8(path), str(path))
     folder = path.parent
     names = list(parsed["classes"])
+    unlisted = sorted(d.name for d in folder.iterdir()
+                      if d.is_dir() and d.name not in parsed["classes"] and _holds_photos(d))
     if only:
         unknown = [n for n in only if n not in parsed["classes"]]
         if unknown:
@@ -143,7 +175,13 @@ def read_dreambooth_dataset(root: Union[str, Path], only: Optional[Sequence[str]
                               "Put its photos there, or pick subjects with --subjects NAME ...")
     subjects = [Subject(n, (folder / n).resolve(), parsed["classes"][n], parsed["classes"][n] in LIVE_CLASSES)
                 for n in names]
-    return DreamBoothDataset(folder.resolve(), subjects, parsed["object"], parsed["live"])
+    return DreamBoothDataset(folder.resolve(), subjects, parsed["object"], parsed["live"], unlisted)
+
+
+def _holds_photos(folder: Path) -> bool:
+    from ..core.subject import IMAGE_EXTENSIONS  # torch-heavy module: only when a dataset is read
+
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
 
 
 def parse_subject_spec(spec: str) -> Subject:
