@@ -4,8 +4,10 @@ Both variants are ``threestudio_dreambooth3d.core.img2img.translate`` (SDEdit th
 diffusers' img2img pipeline) on the same components, views, prompts and per-view seeds;
 they differ only in how many views share one pipeline call: ``--batch-sizes`` views
 (stage 2's config uses 4) against 1. One step translates all ``--views`` renders.
-Defaults follow configs/dreambooth3d-stage2.yaml: 16 views rendered at 64 px, strength
-0.5, guidance 7.5, 50 DDIM steps (25 of them run at strength 0.5).
+Defaults follow configs/dreambooth3d-stage2.yaml: 16 views rendered at 512 px (its
+``data.eval_width``/``eval_height``: stage 2 translates test renders), strength 0.5, guidance
+7.5, 50 DDIM steps (25 of them run at strength 0.5). ``--render-size`` changes only the
+size of the random renders; translate() resizes them to the model's resolution either way.
 
     python benchmarks/bench_translation.py --model tiny --steps 3
     python benchmarks/bench_translation.py --model sd21-random --device cuda --steps 2 --batch-sizes 4,8,16
@@ -26,7 +28,7 @@ VIEW_NAMES = ("front", "side", "back", "side")
 def main(argv=None) -> dict:
     parser = common.make_parser(__doc__.split("\n")[0], steps=2, warmup=1)
     parser.add_argument("--views", type=int, default=16)
-    parser.add_argument("--render-size", type=int, default=64)
+    parser.add_argument("--render-size", type=int, default=512)
     parser.add_argument("--batch-sizes", default="4,16", help="comma-separated views per pipeline call to compare with 1")
     parser.add_argument("--inference-steps", type=int, default=50)
     parser.add_argument("--strength", type=float, default=0.5)

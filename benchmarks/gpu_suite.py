@@ -197,7 +197,7 @@ def bench_specs(args) -> Dict[str, List[str]]:
     if args.dry_run:
         small = ["--device", "cpu", "--steps", "1", "--warmup", "0", "--repeats", "1"]
         return {"bench_sds": ["--model", "tiny-512", *small],
-                "bench_translation": ["--model", "tiny", "--views", "4", "--batch-sizes", "2,4",
+                "bench_translation": ["--model", "tiny", "--views", "4", "--render-size", "64", "--batch-sizes", "2,4",
                                       "--inference-steps", "2", *small],
                 "bench_dreambooth_step": ["--model", "tiny", *small]}
     return {"bench_sds": ["--model", "sd21-random", "--steps", "10", "--warmup", "3", "--repeats", "2"],

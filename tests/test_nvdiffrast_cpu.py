@@ -67,6 +67,8 @@ def test_install_fills_only_a_stand_in(monkeypatch):
     monkeypatch.setitem(sys.modules, "nvdiffrast.torch", stand_in)
     assert dr.install()
     assert stand_in.rasterize is dr.rasterize and stand_in.RasterizeGLContext is dr.RasterizeCPUContext
+    # the configs export with context_type=cuda: the stand-in must serve that context too
+    assert stand_in.RasterizeCudaContext is dr.RasterizeCPUContext
     with pytest.raises(AttributeError, match="not available"):
         stand_in.antialias  # everything else still explains itself
     real = types.ModuleType("nvdiffrast.torch")

@@ -277,7 +277,10 @@ class Export(ThreestudioStage):
             load = [dot("system.weights", ckpt), "system.material_type=latent-rgb-material"]
         else:
             load = [dot("resume", ckpt)]
-        return load + ["system.exporter_type=mesh-exporter"]
+        # nvdiffrast's CUDA context: the default OpenGL one needs EGL, missing on most headless GPU
+        # servers, and would fail only after hours of training; cpu/nvdiffrast.py serves it on a CPU.
+        # Also set here (not only in the configs) for parsed configs of runs started before the key
+        return load + ["system.exporter_type=mesh-exporter", "system.exporter.context_type=cuda"]
 
     def work_paths(self, ctx):
         return [ctx.trial_dir(self.name), ctx.mesh_dir, ctx.results_dir / MESH_VIEWS]
