@@ -16,10 +16,14 @@ from PIL import Image
 
 from threestudio_dreambooth3d.cli import main as cli_main
 from threestudio_dreambooth3d.evaluation.encoders import ClipEncoder, DinoEncoder, ModelLoadError, load_image_processor
-from threestudio_dreambooth3d.evaluation.metrics import mean_pairwise_similarity, r_precision, true_prompt_ranks
+from threestudio_dreambooth3d.evaluation.metrics import (
+    janus_score, mean_pairwise_similarity, r_precision, true_prompt_ranks, turntable_azimuths, view_prompt_texts,
+)
+from threestudio_dreambooth3d.evaluation.prompt_sets import (
+    OBJECT_CENTRIC_CAPTIONS, dataset_prompts, read_prompt_file, retrieval_prompts,
+)
 from threestudio_dreambooth3d.evaluation.run_eval import (
-    EVAL_JSON, GRID_PNG, EvalConfig, EvalInputError, candidate_prompts, clip_text_prompt,
-    default_distractors, evaluate, find_run_views, read_distractors,
+    EVAL_JSON, GRID_PNG, EvalConfig, EvalInputError, clip_text_prompt, evaluate, find_run_views, format_table,
 )
 from threestudio_dreambooth3d.tiny_models.clip import build_tiny_clip, save_tiny_clip, save_tiny_dino
 
@@ -129,42 +133,159 @@ def test_load_errors_name_the_source(tmp_path):
 
 # --- prompts ---------------------------------------------------------------------------
 
-def test_prompt_and_distractor_handling(tmp_path):
+def test_prompt_file_and_identifier_handling(tmp_path):
     assert clip_text_prompt("a sks dog, sks-like", "sks") == "a dog, -like"
     assert clip_text_prompt("a sksdog", "sks") == "a sksdog"
     assert clip_text_prompt(" a sks dog ", "") == "a sks dog"
-    defaults = default_distractors("a dog wearing a hat")
-    assert "a dog" not in defaults and "a cat" in defaults and len(defaults) > 30
-    assert candidate_prompts("a dog", ["A dog", "a cat", "a cat"]) == ["a dog", "a cat"]
-    with pytest.raises(EvalInputError):
-        candidate_prompts("a dog", ["a dog"])
     f = tmp_path / "d.txt"
     f.write_text("# comment\na cat\n\n a toy \n")
-    assert read_distractors(f) == ["a cat", "a toy"]
+    assert read_prompt_file(f) == ["a cat", "a toy"]
+    f.write_bytes(b"a cat\na \xff toy\n")
+    with pytest.raises(EvalInputError, match="line 2, is not UTF-8"):
+        read_prompt_file(f)
+
+
+def test_retrieval_set_is_the_subjects_other_prompts_the_bare_class_and_captions():
+    live = dataset_prompts("dog")
+    assert "a sks dog wearing a red hat" in live and "a sks dog floating in an ocean of milk" not in live
+    assert "a sks backpack floating in an ocean of milk" in dataset_prompts("backpack") and len(live) == 25
+    prompts = retrieval_prompts("a sks dog wearing a red hat", "dog", live + ["A  SKS dog wearing a red hat"])
+    assert prompts[0] == "a dog wearing a red hat"
+    assert prompts.count("a dog wearing a red hat") == 1  # duplicates (case, spacing) once, the true one first
+    assert "a dog in the jungle" in prompts and "a dog" in prompts  # same subject, other contexts; the bare subject
+    assert not any("sks" in p for p in prompts)
+    assert set(OBJECT_CENTRIC_CAPTIONS) <= set(prompts)
+    assert "a dog running on a beach" in prompts  # a caption naming the class is not dropped any more
+    with pytest.raises(EvalInputError):
+        retrieval_prompts("a sks dog", None, ["a dog"], captions=[])
+
+
+def _bag_of_words(texts, dim=64, seed=0):
+    """Constructed text embeddings: the sum of one fixed random vector per content word."""
+    gen = torch.Generator().manual_seed(seed)
+    stop = {"a", "an", "the", "of", "in", "on", "with", "and"}
+    vocab = {}
+    rows = []
+    for t in texts:
+        v = torch.zeros(dim)
+        for w in t.lower().replace(",", " ").split():
+            if w in stop:
+                continue
+            if w not in vocab:
+                vocab[w] = torch.randn(dim, generator=gen)
+            v += vocab[w]
+        rows.append(v)
+    return torch.stack(rows), vocab
+
+
+def test_r_precision_tests_the_context_not_only_the_subject():
+    hat, jungle = "a sks dog wearing a red hat", "a sks dog in the jungle"
+    for_hat = retrieval_prompts(hat, "dog", dataset_prompts("dog"))
+    for_jungle = retrieval_prompts(jungle, "dog", dataset_prompts("dog"))
+    # one shared word->vector table, so "dog" is the same vector in every prompt and render
+    emb, vocab = _bag_of_words(sorted(set(for_hat) | set(for_jungle)))
+
+    def embed(texts):
+        index = {t: i for i, t in enumerate(sorted(set(for_hat) | set(for_jungle)))}
+        return emb[[index[t] for t in texts]]
+
+    hat_render = embed(["a dog wearing a red hat"])
+    assert r_precision(hat_render, embed(for_hat), 0) == 1.0
+    assert r_precision(hat_render, embed(for_jungle), 0) == 0.0  # a hat is not the jungle
+    # a render that shows a dog and none of the context: a hit for no dog prompt of the dataset
+    dog_render = vocab["dog"][None]
+    for prompt in dataset_prompts("dog"):
+        candidates = retrieval_prompts(prompt, "dog", dataset_prompts("dog"))
+        assert r_precision(dog_render, embed(candidates), 0) == 0.0, prompt
+    # the old set (the true prompt among other things) could not tell: the dog render was a hit
+    old, _ = _bag_of_words(["a dog in the jungle", "a cat", "a backpack", "a teapot"])
+    old_vocab_dog = _bag_of_words(["a dog"])[0]
+    assert r_precision(old_vocab_dog, old, 0) == 1.0
+
+
+def test_janus_score_counts_back_facing_frames_that_look_like_a_front():
+    assert view_prompt_texts(" stuffed  animal") == [
+        "the front of a stuffed animal", "the side of a stuffed animal", "the back of a stuffed animal"]
+    views = torch.eye(3, 8)  # front, side, back prompt embeddings
+    azimuth = torch.tensor([0.0, 90.0, 170.0, 180.0, 190.0, 270.0, -175.0])
+    back = [2, 3, 4, 6]  # within 45 degrees of 180 (wrapped)
+    labels = torch.tensor([0, 1, 2, 2, 2, 1, 2])  # a good asset: each frame looks like its side
+    good = janus_score(views[labels] + 0.1, views, azimuth)
+    assert good["janus"] == 0.0 and good["back_frames"] == 4 and good["front_accuracy"] == 1.0
+    assert good["labels"] == ["front", "side", "back", "back", "back", "side", "back"]
+    janus = labels.clone()
+    janus[[3, 6]] = 0  # two of the four back views show a face
+    janus[1] = 0  # a side view looking like a front is not Janus
+    assert janus_score(views[janus], views, azimuth)["janus"] == 0.5
+    assert janus_score(views[torch.zeros(7, dtype=torch.long)], views, azimuth)["janus"] == 1.0
+    assert janus_score(views[:1], views, [0.0])["janus"] is None  # no back-facing frame: no score
+    assert [round(a) for a in turntable_azimuths(5).tolist()] == [0, 90, 180, 270, 360]  # threestudio's test split
+    with pytest.raises(ValueError):
+        janus_score(views[:2], views[:2], [0.0, 180.0])
 
 
 # --- finding views ---------------------------------------------------------------------
 
-def test_run_folder_heuristic_prefers_stage3_test_frames(tmp_path):
-    def frames(folder, n=2, mtime=None):
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            _noise_image(i).save(folder / f"{i}.png")
-            if mtime is not None:
-                os.utime(folder / f"{i}.png", (mtime, mtime))
-        return folder
+def _frames(folder, n=2, mtime=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        _noise_image(i).save(folder / f"{i}.png")
+        if mtime is not None:
+            os.utime(folder / f"{i}.png", (mtime, mtime))
+    return folder
 
+
+def test_run_folder_heuristic_prefers_stage3_test_frames(tmp_path):
     run = tmp_path / "run"
-    frames(run / "stage3" / "trial" / "save", mtime=4e9)  # validation images: newest, not a test folder
-    old3 = frames(run / "stage3" / "trial" / "save" / "it500-test", mtime=1e9)
-    frames(run / "stage1" / "trial" / "save" / "it1000-test", mtime=3e9)  # newer but stage 1
-    frames(run / "eval", mtime=5e9)
+    _frames(run / "stage3" / "trial" / "save", mtime=4e9)  # validation images: newest, not a test folder
+    old3 = _frames(run / "stage3" / "trial" / "save" / "it500-test", mtime=1e9)
+    stage1 = _frames(run / "stage1" / "trial" / "save" / "it1000-test", mtime=3e9)  # newer but stage 1
+    _frames(run / "eval", mtime=5e9)
     (run / "eval" / EVAL_JSON).write_text("{}")  # our own output is never scored
-    assert find_run_views(run) == old3
-    new3 = frames(run / "stage3" / "trial" / "save" / "it1000-test", mtime=2e9)
-    assert find_run_views(run) == new3
+    assert find_run_views(run) == (old3, "stage3")
+    new3 = _frames(run / "stage3" / "trial" / "save" / "it1000-test", mtime=2e9)
+    assert find_run_views(run) == (new3, "stage3")
+    assert find_run_views(run, stage="1") == (stage1, "stage1")
     with pytest.raises(EvalInputError, match="No folder with PNG views"):
         find_run_views(_empty(tmp_path))
+
+
+def test_a_run_without_final_frames_is_refused_unless_a_stage_is_named(tmp_path):
+    run = tmp_path / "run"
+    stage1 = _frames(run / "stage1" / "run" / "save" / "it100-test")
+    with pytest.raises(EvalInputError, match=r"no rendered frames of the final stage.*stage1.*--stage 1"):
+        find_run_views(run)
+    assert find_run_views(run, stage="stage1") == (stage1, "stage1")
+    # the manifest names the final step: a later round's stage 3, not round 1's
+    _frames(run / "stage3" / "run" / "save" / "it100-test", mtime=3e9)
+    (run / "manifest.json").write_text(json.dumps({"run": {"final_step": "stage3_r2"}}))
+    with pytest.raises(EvalInputError, match="no rendered frames of step 'stage3_r2'"):
+        find_run_views(run)
+    r2 = _frames(run / "stage3_r2" / "run" / "save" / "it100-test", mtime=1e9)
+    assert find_run_views(run) == (r2, "stage3_r2")
+    with pytest.raises(EvalInputError, match="--stage .* with --run"):
+        evaluate(EvalConfig(prompt=PROMPT, views=str(r2), stage="1", clip_models=[], dino_model=None))
+
+
+def test_eval_of_a_run_takes_its_prompt_and_class_and_says_what_it_scored(tmp_path, tiny_clip):
+    run = tmp_path / "run"
+    frames = _frames(run / "stage3" / "run" / "save" / "it100-test", n=5)
+    (run / "manifest.json").write_text(json.dumps({"run": {"prompt": PROMPT, "class_noun": "dog",
+                                                            "final_step": "stage3"}}))
+    res = evaluate(EvalConfig(run=str(run), clip_models=[str(tiny_clip)], dino_model=None, device="cpu"))
+    assert res["prompt"] == PROMPT and res["views"]["stage"] == "stage3"
+    assert res["views"]["folder"] == str(frames.resolve())
+    assert "a dog in the jungle" in res["distractors"]["prompts"] and "a dog" in res["distractors"]["prompts"]
+    assert res["janus_prompts"] == view_prompt_texts("dog")
+    janus = res["clip"][str(tiny_clip)]["janus"]
+    assert janus["back_frames"] == 1 and len(janus["labels"]) == 5  # azimuths 0, 90, 180, 270, 360: one back frame
+    assert "5 views of stage3 from" in format_table(res) and "Janus" in format_table(res)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a sks dog on the moon\n")
+    res = evaluate(EvalConfig(run=str(run), prompts_file=str(prompts), clip_models=[str(tiny_clip)],
+                              dino_model=None, device="cpu", out=str(tmp_path / "e2")))
+    assert "a dog on the moon" in res["distractors"]["prompts"]
+    assert "a dog in the jungle" not in res["distractors"]["prompts"]
 
 
 def _empty(tmp_path):
@@ -204,7 +325,7 @@ def _clip_agreeing_on(text: str, folder: Path) -> Path:
     return save_tiny_clip(folder, model=model)
 
 
-@pytest.mark.parametrize("agree_with, expected", [("a dog wearing a hat", 1.0), ("a red backpack", 0.0)])
+@pytest.mark.parametrize("agree_with, expected", [("a dog wearing a hat", 1.0), ("a teddy bear sitting on a bed", 0.0)])
 def test_retrieval_finds_the_prompt_the_towers_agree_on(tmp_path, subject_dir, agree_with, expected):
     clip = _clip_agreeing_on(agree_with, tmp_path / "clip")
     views = tmp_path / "views"
@@ -334,6 +455,6 @@ def test_eval_warns_when_the_prompt_lacks_the_identifier(tmp_path, tiny_clip):
                                   dino_model=None, device="cpu"))
     assert any("does not contain the identifier 'sks'" in w for w in results["warnings"])
     assert json.loads(Path(results["eval_json"]).read_text())["warnings"] == results["warnings"]
-    ok = evaluate(EvalConfig(views=str(views), prompt=PROMPT, clip_models=[str(tiny_clip)], dino_model=None,
-                             device="cpu", out=str(tmp_path / "e2")))
+    ok = evaluate(EvalConfig(views=str(views), prompt=PROMPT, class_noun="dog", clip_models=[str(tiny_clip)],
+                             dino_model=None, device="cpu", out=str(tmp_path / "e2")))
     assert ok["warnings"] == []

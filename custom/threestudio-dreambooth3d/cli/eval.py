@@ -11,16 +11,26 @@ from ..evaluation import DEFAULT_DINO_MODEL
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder; the newest stage-3 test frames under it are scored "
-                     "(a folder named *-test wins, then one under a stage3 path, then the newest)")
+    src.add_argument("--run", help="run folder; its final stage's newest test frames are scored (stage3, the last "
+                     "round's, or a baseline's); a run without them is refused unless --stage names another step")
     src.add_argument("--views", help="folder or glob of rendered views, e.g. 'outputs/x/save/it10000-test'")
-    p.add_argument("--prompt", required=True, help="the prompt the asset was made for, e.g. 'a sks dog wearing a party hat'")
+    p.add_argument("--prompt", default=None, help="the prompt the asset was made for, e.g. 'a sks dog wearing a party hat' "
+                   "(default with --run: the run's prompt)")
+    p.add_argument("--class-noun", default=None, help="the subject's class, e.g. dog (default with --run: the run's); "
+                   "picks the DreamBooth dataset's prompt list, the bare 'a {class}' distractor and the Janus view prompts")
+    p.add_argument("--prompts", dest="prompts_file", default=None,
+                   help="file with the subject's other prompts, one a line, retrieved among (default: the DreamBooth "
+                   "dataset's list for the class; a sweep passes its prompts for the subject)")
+    p.add_argument("--stage", default=None, help="with --run: score this step's frames (1, 3, baseline, stage3_r2) "
+                   "instead of the final stage's; without it a run whose final stage has no frames is refused")
+    p.add_argument("--no-janus", dest="janus", action="store_false",
+                   help="skip the Janus score (front/side/back view prompts against each frame's azimuth)")
     p.add_argument("--subject", default=None, help="folder of the input photos (needed for CLIP-I and DINO)")
     p.add_argument("--identifier", default="sks",
                    help="rare token removed from the prompt before CLIP scores it (default %(default)s; '' keeps the prompt as is)")
     p.add_argument("--distractors", default=None,
-                   help="file with one distractor prompt a line (default: 'a {thing}' for ~50 everyday things, "
-                   "minus any the prompt names)")
+                   help="file with one distractor caption a line, replacing the default object-centric captions "
+                   "(DreamFusion-style); the subject's prompts and 'a {class}' stay in the set")
     p.add_argument("--clip-models", nargs="+", default=list(DEFAULT_CLIP_MODELS),
                    help="CLIP models (hub ids or local folders) for R-precision, CLIP-T and CLIP-I "
                    f"(default: the paper's ViT-B/16, B/32, L/14: {' '.join(DEFAULT_CLIP_MODELS)})")
@@ -41,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "eval",
         help="score rendered views: CLIP R-precision, CLIP-T, CLIP-I, DINO",
         description="Score the rendered views of a DreamBooth3D run as the papers do: CLIP R-precision "
-        "(the true prompt retrieved among distractor prompts, per CLIP model), prompt fidelity CLIP-T, and "
+        "(the true prompt retrieved among the subject's other prompts and object captions, per CLIP model), a Janus "
+        "score (back-facing frames that look like a front), prompt fidelity CLIP-T, and "
         "subject fidelity against the input photos, CLIP-I and DINO. Writes eval.json and view_grid.png.",
     )
     return add_arguments(p)
@@ -54,6 +65,7 @@ def config_from_args(args: argparse.Namespace):
     return EvalConfig(
         prompt=args.prompt, views=args.views, run=args.run, subject=args.subject, out=args.out,
         clip_models=list(args.clip_models), dino_model=dino, distractors_file=args.distractors,
+        prompts_file=args.prompts_file, class_noun=args.class_noun, stage=args.stage, janus=args.janus,
         identifier=args.identifier, first_panel=args.first_panel, device=args.device,
         batch_size=args.batch_size, grid_max_views=args.grid_views,
         show_warnings=(getattr(args, "verbose", 0) or 0) > 0,

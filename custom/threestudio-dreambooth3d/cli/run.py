@@ -174,7 +174,8 @@ def _run(args: argparse.Namespace) -> int:
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
-                                  "method": ctx.method, "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
+                                  "method": ctx.method, "final_step": ctx.final_nerf_step,
+                                  "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
                                   "warnings": warnings})  # shown on summary.html
     t0 = time.monotonic()
     if run_steps(runner, args.start_from) != 0:

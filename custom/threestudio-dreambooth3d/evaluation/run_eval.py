@@ -3,16 +3,22 @@
 Outputs (in ``out``): ``eval.json`` (every number, per model), ``view_grid.png`` (a
 contact sheet of the views scored) and the table ``format_table`` prints.
 
-Finding the views of a run (``--run DIR``), the heuristic:
+Finding the views of a run (``--run DIR``):
 1. candidates are the folders under DIR (DIR included) holding PNG files directly,
    except an evaluation output folder (one holding ``eval.json`` or ``view_grid.png``);
-2. a folder named ``*-test`` wins over any other: threestudio's test phase writes the
+2. only frames of the run's final stage count: the step its manifest names as final
+   (``stage3``, the last round's ``stage3_rK``, or a baseline's ``baseline``), or, in a
+   folder without a manifest, a path naming stage 3 (``stage3``, ``stage-3``, any case)
+   or ``baseline``. ``--stage 1`` (or a step name) scores that step's frames instead;
+   without it a run whose final stage has no frames is refused, naming what it has;
+3. a folder named ``*-test`` wins over any other: threestudio's test phase writes the
    turntable frames to ``<trial>/save/it<STEP>-test/<i>.png``, while validation images
    sit loose in ``save/`` and pseudo views elsewhere;
-3. then a folder whose path below DIR names stage 3 (``stage3``, ``stage-3``,
-   ``stage_3``, any case) wins: that is the final asset of a DreamBooth3D run;
 4. then the folder with the most recently written PNG (a later test run, a later step).
 ``--views`` takes a folder or a glob and skips all of this.
+
+The prompts a view is retrieved among are built by :mod:`.prompt_sets`; the Janus score
+compares each turntable frame with "the front/side/back of a {class}" (:mod:`.metrics`).
 
 threestudio saves each test frame as panels side by side (rgb | normal | opacity, all
 the same size). A view whose width is an exact multiple (2 or more) of its height is
@@ -34,36 +40,33 @@ from ..errors import EvalInputError
 from ..core.subject import IMAGE_EXTENSIONS, list_subject_images, load_image
 from . import DEFAULT_CLIP_MODELS
 from . import DEFAULT_DINO_MODEL
-from .metrics import mean_pairwise_similarity, r_precision, true_prompt_ranks
+from .metrics import (janus_score, mean_pairwise_similarity, r_precision, true_prompt_ranks, turntable_azimuths,
+                      view_prompt_texts)
+from .prompt_sets import (OBJECT_CENTRIC_CAPTIONS, dataset_prompts, read_prompt_file, remove_identifier,
+                          retrieval_prompts)
 
 EVAL_JSON = "eval.json"
 GRID_PNG = "view_grid.png"
 EVAL_LOG = "eval.log"  # the model libraries' warnings
-_STAGE3 = re.compile(r"stage[-_ ]?3", re.IGNORECASE)
+_FINAL = re.compile(r"(stage[-_ ]?3|baseline)", re.IGNORECASE)  # a run folder without a manifest
+MANIFEST = "manifest.json"
 
-# Default distractors: "a {thing}" for everyday things of many kinds (animals, objects of
-# the DreamBooth dataset, COCO-style objects). A thing named in the evaluated prompt is
-# dropped so the subject's own class never competes with it.
-DEFAULT_DISTRACTOR_THINGS = (
-    "dog", "cat", "backpack", "teddy bear", "sneaker", "vase", "teapot", "clock", "robot toy",
-    "sunglasses", "candle", "duck toy", "bowl", "can", "boot", "stuffed animal", "horse", "bird",
-    "elephant", "giraffe", "zebra", "bicycle", "motorcycle", "car", "bus", "airplane", "boat",
-    "chair", "couch", "bed", "laptop", "television", "cell phone", "book", "umbrella", "suitcase",
-    "guitar", "pizza", "cake", "banana", "apple", "broccoli", "hamburger", "potted plant", "lamp",
-    "mushroom", "castle", "tree", "skull", "shoe",
-)
 
 
 @dataclass
 class EvalConfig:
-    prompt: str
+    prompt: Optional[str] = None  # default with --run: the run's prompt (its manifest)
     views: Optional[str] = None  # folder or glob of rendered views ...
     run: Optional[str] = None  # ... or a run folder searched as the module docstring says
     subject: Optional[str] = None  # folder of the input photos; needed for CLIP-I and DINO
     out: Optional[str] = None  # default: RUN/eval, or VIEWS_FOLDER/eval
     clip_models: Sequence[str] = DEFAULT_CLIP_MODELS
     dino_model: Optional[str] = DEFAULT_DINO_MODEL
-    distractors_file: Optional[str] = None
+    distractors_file: Optional[str] = None  # replaces the object-centric captions
+    prompts_file: Optional[str] = None  # the subject's other prompts (default: the dataset's list for the class)
+    class_noun: Optional[str] = None  # default with --run: the run's class noun
+    stage: Optional[str] = None  # with --run: score this step's frames ("1", "stage1", "baseline"), not the final one
+    janus: bool = True
     identifier: str = "sks"  # removed from the prompt before CLIP sees it: CLIP has never seen it
     first_panel: bool = True
     device: Optional[str] = None
@@ -78,31 +81,65 @@ def _natural_key(path: Path):
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
 
 
-def find_run_views(run_dir: Union[str, Path]) -> Path:
-    """The folder of the final rendered views under a run folder (see the module docstring)."""
+def read_run_info(run_dir: Union[str, Path]) -> Dict:
+    """What ``dreambooth3d run`` recorded about the run (prompt, class noun, final step); {} without a manifest."""
+    path = Path(run_dir) / MANIFEST
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")).get("run", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def stage_step(stage: str) -> str:
+    """``--stage`` as a step name: ``1`` -> ``stage1``; a step name as it is."""
+    stage = str(stage).strip()
+    return f"stage{stage}" if stage.isdigit() else stage
+
+
+def _in_step(rel: str, step: str) -> bool:
+    return rel.split("/", 1)[0] == step
+
+
+def find_run_views(run_dir: Union[str, Path], stage: Optional[str] = None) -> Tuple[Path, str]:
+    """The folder of the rendered views to score under a run folder and the step they belong
+    to (see the module docstring): the final stage's, or ``stage``'s."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise EvalInputError(f"Run folder {run_dir} does not exist. Pass the output folder of a run, or --views DIR.")
-    best: Optional[Tuple[tuple, Path]] = None
+    final = read_run_info(run_dir).get("final_step")
+    want = stage_step(stage) if stage else final
+    candidates: List[Tuple[tuple, Path, str]] = []
     for folder in [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]:
         if (folder / EVAL_JSON).exists() or (folder / GRID_PNG).exists():
             continue
         pngs = [p for p in folder.glob("*.png") if p.is_file()]
         if not pngs:
             continue
-        key = (
-            folder.name.endswith("-test"),
-            bool(_STAGE3.search(folder.relative_to(run_dir).as_posix())),
-            max(p.stat().st_mtime for p in pngs),
-        )
-        if best is None or key > best[0]:
-            best = (key, folder)
-    if best is None:
+        rel = folder.relative_to(run_dir).as_posix()
+        step = rel.split("/", 1)[0] if rel != "." else "."
+        key = (folder.name.endswith("-test"), max(p.stat().st_mtime for p in pngs))
+        candidates.append((key, folder, step))
+    if not candidates:
         raise EvalInputError(
             f"No folder with PNG views under {run_dir}. Render the final stage's turntable first "
             "(threestudio: launch.py --test with the stage's config and resume=<ckpt>), or pass --views DIR_OR_GLOB."
         )
-    return best[1]
+    if want:
+        chosen = [c for c in candidates if _in_step(c[1].relative_to(run_dir).as_posix(), want)]
+    else:
+        chosen = [c for c in candidates if _FINAL.search(c[1].relative_to(run_dir).as_posix())]
+    if not chosen:
+        have = sorted({c[2] for c in candidates if c[0][0]} or {c[2] for c in candidates})
+        what = f"step {want!r}" if want else "the final stage (stage3 or baseline)"
+        hint = (f"Pass --stage {have[0][len('stage'):] if have[0].startswith('stage') else have[0]} to score "
+                f"{have[0]}'s frames instead, " if have else "")
+        raise EvalInputError(
+            f"{run_dir} has no rendered frames of {what}; frames exist for: {', '.join(have) or 'nothing'}. "
+            f"{hint}or finish the run (dreambooth3d run ... with the same --out) so the final stage renders its turntable."
+        )
+    best = max(chosen, key=lambda c: c[0])
+    return best[1], (want or best[2])
 
 
 def list_views(views: Union[str, Path]) -> List[Path]:
@@ -153,39 +190,22 @@ def load_subject_photos(folder: Union[str, Path]):
 
 def clip_text_prompt(prompt: str, identifier: str) -> str:
     """The prompt CLIP scores: the rare identifier removed ('a sks dog' -> 'a dog')."""
-    if not identifier:
-        return prompt.strip()
-    return " ".join(re.sub(rf"(?<!\w){re.escape(identifier)}(?!\w)", " ", prompt).split())
+    return remove_identifier(prompt, identifier)
 
 
-def default_distractors(clip_prompt: str) -> List[str]:
-    words = set(re.findall(r"\w+", clip_prompt.lower()))
-    return [f"a {t}" for t in DEFAULT_DISTRACTOR_THINGS if not set(t.split()) & words]
-
-
-def read_distractors(path: Union[str, Path]) -> List[str]:
-    """One prompt a line; blank lines and lines starting with # are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"Distractor file {path} does not exist. Write one prompt a line, or leave --distractors out for the default list.")
-    lines = [line.strip() for line in path.read_text().splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
-    if not prompts:
-        raise EvalInputError(f"Distractor file {path} holds no prompts. Write one prompt a line.")
-    return prompts
-
-
-def candidate_prompts(clip_prompt: str, distractors: Sequence[str]) -> List[str]:
-    """The true prompt first (index 0), then each distinct distractor that differs from it."""
-    seen = {clip_prompt.strip().lower()}
-    out = [clip_prompt]
-    for d in distractors:
-        if d.strip().lower() not in seen:
-            seen.add(d.strip().lower())
-            out.append(d)
-    if len(out) < 2:
-        raise EvalInputError("R-precision needs at least one distractor prompt that differs from the evaluated prompt.")
-    return out
+def build_retrieval_prompts(cfg: "EvalConfig", prompt: str, class_noun: Optional[str]) -> Tuple[List[str], Dict]:
+    """The prompts R-precision retrieves among (true one first) and where each part came from."""
+    if cfg.prompts_file:
+        subject_prompts, source = read_prompt_file(cfg.prompts_file), str(cfg.prompts_file)
+    elif class_noun:
+        subject_prompts, source = dataset_prompts(class_noun, cfg.identifier), "DreamBooth dataset list for the class"
+    else:
+        subject_prompts, source = [], "none (no --class-noun or --prompts)"
+    captions = read_prompt_file(cfg.distractors_file, "--distractors") if cfg.distractors_file else OBJECT_CENTRIC_CAPTIONS
+    prompts = retrieval_prompts(prompt, class_noun, subject_prompts, captions, cfg.identifier)
+    info = {"subject_prompts": source, "captions": str(cfg.distractors_file) if cfg.distractors_file else "default",
+            "class_noun": class_noun, "prompts": prompts[1:]}
+    return prompts, info
 
 
 def write_view_grid(images: Sequence, path: Union[str, Path], max_views: int = 24, thumb: int = 128) -> Path:
@@ -258,47 +278,60 @@ def evaluate(cfg: EvalConfig) -> Dict:
 
     if bool(cfg.views) == bool(cfg.run):
         raise EvalInputError("Pass exactly one of --views DIR_OR_GLOB or --run DIR.")
-    if not cfg.prompt or not cfg.prompt.strip():
-        raise EvalInputError("--prompt is empty. Pass the prompt the asset was made for, e.g. 'a sks dog wearing a party hat'.")
+    info = read_run_info(cfg.run) if cfg.run else {}
+    prompt = cfg.prompt if cfg.prompt is not None else info.get("prompt")
+    if not prompt or not str(prompt).strip():
+        raise EvalInputError("--prompt is empty. Pass the prompt the asset was made for, e.g. 'a sks dog wearing a party hat'"
+                             + (f" ({cfg.run} has no manifest.json naming it)." if cfg.run else "."))
+    class_noun = cfg.class_noun or info.get("class_noun")
+    if cfg.stage and not cfg.run:
+        raise EvalInputError("--stage picks a step's frames in a run folder: use it with --run, not --views.")
     check_models_available(cfg)  # before any image is read: no minute of hub retries
-    view_files = list_views(find_run_views(cfg.run) if cfg.run else cfg.views)
+    stage = None
+    if cfg.run:
+        folder, stage = find_run_views(cfg.run, cfg.stage)
+        view_files = list_views(folder)
+    else:
+        view_files = list_views(cfg.views)
     views_folder = _common_folder(view_files)
     out = Path(cfg.out) if cfg.out else (Path(cfg.run) if cfg.run else views_folder) / "eval"
     views = [load_view(p, cfg.first_panel) for p in view_files]
     photos, photo_files = load_subject_photos(cfg.subject) if cfg.subject else ([], [])
 
-    clip_prompt = clip_text_prompt(cfg.prompt, cfg.identifier)
-    distractors = read_distractors(cfg.distractors_file) if cfg.distractors_file else default_distractors(clip_prompt)
-    prompts = candidate_prompts(clip_prompt, distractors)
+    clip_prompt = clip_text_prompt(prompt, cfg.identifier)
+    prompts, retrieval = build_retrieval_prompts(cfg, prompt, class_noun)
+    view_texts = view_prompt_texts(class_noun) if cfg.janus and class_noun else None
 
     results: Dict = {
-        "prompt": cfg.prompt,
+        "prompt": prompt,
         "clip_prompt": clip_prompt,
-        "views": {"folder": str(views_folder), "count": len(views),
+        "views": {"folder": str(views_folder), "count": len(views), "stage": stage,
                   "files": [str(p) for p in view_files], "first_panel": cfg.first_panel},
         "subject": {"folder": str(cfg.subject), "count": len(photos), "files": [str(p) for p in photo_files]}
         if cfg.subject else None,
-        "distractors": {"source": str(cfg.distractors_file) if cfg.distractors_file else "default",
-                        "prompts": prompts[1:]},
+        "distractors": retrieval,
+        "janus_prompts": view_texts,
         "clip": {},
         "dino": {},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "warnings": [],
     }
-    if cfg.identifier and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", cfg.prompt):
+    if view_texts is None and cfg.janus:
+        results["warnings"].append("no Janus score: pass --class-noun (a run folder's manifest names it)")
+    if cfg.identifier and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", prompt):
         results["warnings"].append(
-            f"the prompt {cfg.prompt!r} does not contain the identifier {cfg.identifier!r}: scoring a prompt "
+            f"the prompt {prompt!r} does not contain the identifier {cfg.identifier!r}: scoring a prompt "
             "other than the one the asset was made for, or a run made without its subject")
     out.mkdir(parents=True, exist_ok=True)
     with warnings_to_log(out / EVAL_LOG, show=cfg.show_warnings):
-        _score(cfg, views, photos, prompts, results)
+        _score(cfg, views, photos, prompts, view_texts, results)
     results["grid"] = str(write_view_grid(views, out / GRID_PNG, cfg.grid_max_views, cfg.grid_thumb))
     (out / EVAL_JSON).write_text(json.dumps(results, indent=2))
     results["eval_json"] = str(out / EVAL_JSON)
     return results
 
 
-def _score(cfg: EvalConfig, views, photos, prompts: List[str], results: Dict) -> None:
+def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optional[List[str]], results: Dict) -> None:
     """Each model in turn, loaded, run and freed, with one progress bar over the models."""
     from tqdm import tqdm
 
@@ -321,6 +354,10 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], results: Dict) ->
                 "clip_i": mean_pairwise_similarity(img, enc.embed_images(photos, cfg.batch_size)) if photos else None,
                 "true_prompt_rank": true_prompt_ranks(img, txt, true_index=0).tolist(),
             }
+            if view_texts:
+                # the frames are a turntable only when scored from a run's test phase or a folder of them
+                results["clip"][str(source)]["janus"] = janus_score(
+                    img, enc.embed_texts(view_texts), turntable_azimuths(len(views)))
             del enc
             bar.update()
         if use_dino:
@@ -340,13 +377,16 @@ def format_table(results: Dict) -> str:
     def fmt(v) -> str:
         return "-" if v is None else f"{v:.4f}"
 
-    rows = [(m, fmt(r["r_precision"]), fmt(r["clip_t"]), fmt(r["clip_i"]), "-") for m, r in results["clip"].items()]
-    rows += [(m, "-", "-", "-", fmt(r["dino"])) for m, r in results["dino"].items()]
-    header = ("model", "R-prec", "CLIP-T", "CLIP-I", "DINO")
+    rows = [(m, fmt(r["r_precision"]), fmt(r["clip_t"]), fmt(r["clip_i"]), "-",
+             fmt((r.get("janus") or {}).get("janus"))) for m, r in results["clip"].items()]
+    rows += [(m, "-", "-", "-", fmt(r["dino"]), "-") for m, r in results["dino"].items()]
+    header = ("model", "R-prec", "CLIP-T", "CLIP-I", "DINO", "Janus")
     width = max(len(header[0]), *(len(r[0]) for r in rows)) if rows else len(header[0])
+    stage = results["views"].get("stage")
     lines = [
-        f"{results['views']['count']} views from {results['views']['folder']}",
-        f"prompt for CLIP: {results['clip_prompt']!r} vs {len(results['distractors']['prompts'])} distractors",
+        f"{results['views']['count']} views" + (f" of {stage}" if stage else "") + f" from {results['views']['folder']}",
+        f"prompt for CLIP: {results['clip_prompt']!r} vs {len(results['distractors']['prompts'])} other prompts "
+        f"(subject's: {results['distractors'].get('subject_prompts')})",
         "  ".join([header[0].ljust(width), *(h.rjust(7) for h in header[1:])]),
     ]
     lines += ["  ".join([r[0].ljust(width), *(c.rjust(7) for c in r[1:])]) for r in rows]

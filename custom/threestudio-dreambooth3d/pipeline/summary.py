@@ -92,7 +92,7 @@ def _scores(results: Dict[str, Any]) -> List[List[str]]:
     rows = []
     for model, m in results.get("clip", {}).items():
         rows.append((f"CLIP {model}", [("R-precision", m.get("r_precision")), ("CLIP-T", m.get("clip_t")),
-                                       ("CLIP-I", m.get("clip_i"))]))
+                                       ("CLIP-I", m.get("clip_i")), ("Janus", (m.get("janus") or {}).get("janus"))]))
     for model, m in results.get("dino", {}).items():
         rows.append((f"DINO {model}", [("DINO", m.get("dino"))]))
     return [[name, ", ".join(f"{k} {v:.4f}" for k, v in vals if isinstance(v, (int, float)))] for name, vals in rows]
@@ -100,7 +100,8 @@ def _scores(results: Dict[str, Any]) -> List[List[str]]:
 
 def _eval_intro(results: Dict[str, Any]) -> List[Inline]:
     views = results.get("views", {})
-    return [("text", f"{views.get('count', '?')} views of "), ("code", str(views.get("folder", ""))),
+    stage = f"{views['stage']} " if views.get("stage") else ""
+    return [("text", f"{views.get('count', '?')} {stage}views of "), ("code", str(views.get("folder", ""))),
             ("text", ", prompt "), ("em", str(results.get("prompt", ""))), ("text", " (CLIP sees "),
             ("em", str(results.get("clip_prompt", ""))), ("text", ").")]
 
