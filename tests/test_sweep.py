@@ -20,7 +20,7 @@ from threestudio_dreambooth3d.sweep.dataset import (
 )
 from threestudio_dreambooth3d.sweep.executors import LocalGPUExecutor, run_cells
 from threestudio_dreambooth3d.sweep.plan import (
-    DONE, FAILED, SweepOptions, cell_seed, is_finished, plan_cells, read_record,
+    DONE, FAILED, SweepOptions, cell_seed, is_finished, plan_cells, read_record, write_prompt_sets,
 )
 from threestudio_dreambooth3d.sweep.progress import Progress, estimate_remaining
 from threestudio_dreambooth3d.sweep.report import mean_std, short_model_name, write_report
@@ -155,6 +155,10 @@ def test_cell_commands_are_run_and_eval_of_one_folder(tmp_path):
     assert r[r.index("--method") + 1] == "latentnerf" and r[r.index("--preset") + 1] == "smoke"
     assert r[r.index("--out") + 1] == e[e.index("--run") + 1] == bear.out
     assert e[e.index("--clip-models") + 1: e.index("--clip-models") + 3] == ["m1", "m2"]
+    assert e[e.index("--class-noun") + 1] == "stuffed animal"
+    # R-precision retrieves among the subject's prompts: the sweep's, then the dataset's list for its class
+    prompt_file = Path(e[e.index("--prompts") + 1])
+    assert prompt_file == (tmp_path / "sweep" / "prompts" / "bear.txt").resolve()
     assert Path(bear.out).relative_to((tmp_path / "sweep").resolve()).parts == ("cells", "bear", "a-sks-stuffed-animal",
                                                                                "latentnerf")
     # a `run` without --method (before the baselines exist) gets no --method
@@ -162,6 +166,22 @@ def test_cell_commands_are_run_and_eval_of_one_folder(tmp_path):
     c = plan_cells(opts, _subjects(tmp_path)[:1], {"dog": ["a {identifier} {class}"]}, ["dreambooth3d"], {},
                    method_flag=False)[0]
     assert "--method" not in c.run_argv
+
+
+def test_prompt_sets_are_written_per_subject_and_part_of_every_cells_inputs(tmp_path):
+    opts = SweepOptions(out=tmp_path / "s")
+    subjects = _subjects(tmp_path)[:1]  # dog
+    one = {"dog": ["a {identifier} {class} wearing a hat"]}
+    write_prompt_sets(opts, subjects, one)
+    lines = (tmp_path / "s" / "prompts" / "dog.txt").read_text().splitlines()
+    assert lines[0] == "a sks dog wearing a hat" and "a sks dog in a chef outfit" in lines  # live list: a dog
+    assert len(lines) == len(set(lines)) == 26
+    # adding a prompt for the subject changes the retrieval set of its other cells: they are not finished
+    before = plan_cells(opts, subjects, one, ["dreambooth3d"], {})[0]
+    after = plan_cells(opts, subjects, {"dog": one["dog"] + ["a {identifier} {class} on the moon"]},
+                       ["dreambooth3d"], {})[0]
+    assert before.key == after.key and before.eval_argv == after.eval_argv
+    assert before.fingerprint != after.fingerprint
 
 
 def test_finished_means_done_for_the_same_inputs_with_scores(tmp_path):
@@ -181,8 +201,9 @@ def test_finished_means_done_for_the_same_inputs_with_scores(tmp_path):
 
 # --- executors, with a fake cell function ---------------------------------------------------
 
-def _fake_eval(cell, r_prec: float = 0.5) -> dict:
-    return {"clip": {m: {"r_precision": r_prec, "clip_t": 0.2, "clip_i": 0.7} for m in CLIP_MODELS},
+def _fake_eval(cell, r_prec: float = 0.5, janus: float = 0.25) -> dict:
+    return {"clip": {m: {"r_precision": r_prec, "clip_t": 0.2, "clip_i": 0.7, "janus": {"janus": janus}}
+                     for m in CLIP_MODELS},
             "dino": {DINO: {"dino": 0.4}}, "views": {"files": []}}
 
 
@@ -407,14 +428,16 @@ def test_report_table_is_mean_and_std_over_subjects_of_per_subject_means(tmp_pat
                                  "error": "boom"})
             continue
         v = values[k][1 if "snow" in c.prompt else 0]
-        data = _fake_eval(c, r_prec=v)
+        data = _fake_eval(c, r_prec=v, janus=0.5 if c.method == "A" else 0.0)
         data["clip"][CLIP_MODELS[1]]["clip_i"] = 0.1 * (1 + ["s1", "s2", "s3"].index(c.subject))
         data["views"]["files"] = [str(p) for p in sorted(frames.glob("*.png"))]
         _finish(c, data=data)
 
     rep = write_report(tmp_path / "sweep", cells)
     assert [label for label, _ in rep["columns"]] == ["R-precision ViT-B/16", "R-precision ViT-B/32",
-                                                       "R-precision ViT-L/14", "CLIP-I (ViT-B/32)", "DINO"]
+                                                       "R-precision ViT-L/14", "CLIP-I (ViT-B/32)", "DINO",
+                                                       "Janus (ViT-B/32) ↓"]
+    assert rep["table"]["B"][f"janus:{CLIP_MODELS[1]}"]["mean"] == 0.0
     a16, b16 = rep["table"]["A"][f"r_precision:{CLIP_MODELS[0]}"], rep["table"]["B"][f"r_precision:{CLIP_MODELS[0]}"]
     assert (a16["mean"], a16["std"], a16["n"]) == (pytest.approx(0.75), pytest.approx(0.25), 3)
     assert (b16["mean"], b16["std"], b16["n"]) == (pytest.approx(0.375), pytest.approx(0.125 * math.sqrt(2)), 2)
@@ -424,7 +447,8 @@ def test_report_table_is_mean_and_std_over_subjects_of_per_subject_means(tmp_pat
 
     report = tmp_path / "sweep" / "report"
     md = (report / "table.md").read_text()
-    assert "| A | 0.750 ± 0.250 | 0.750 ± 0.250 | 0.750 ± 0.250 | 0.200 ± 0.100 | 0.400 ± 0.000 | 3 |" in md
+    assert ("| A | 0.750 ± 0.250 | 0.750 ± 0.250 | 0.750 ± 0.250 | 0.200 ± 0.100 | 0.400 ± 0.000 | 0.500 ± 0.000 "
+            "| 3 |") in md
     assert "| B | 0.375 ± 0.177 |" in md and md.rstrip().endswith("| 2 |")
     rows = list(csv.DictReader(open(report / "per_subject.csv")))
     assert [(r["method"], r["subject"], r["prompts"]) for r in rows] == [
@@ -439,9 +463,17 @@ def test_report_table_is_mean_and_std_over_subjects_of_per_subject_means(tmp_pat
     page = (report / "index.html").read_text()
     srcs = re.findall(r"<img src='([^']+)'", page)
     assert len(srcs) == 10 and all((report / s).is_file() for s in srcs)
-    with Image.open(report / srcs[0]) as strip:  # 4 frames, each cut to its rgb panel
-        assert strip.size == (4 * 96, 96)
-        assert all(strip.getpixel((x, 48))[0] > 150 and strip.getpixel((x, 48))[2] < 60 for x in (5, 48, 90, 300))
+    with Image.open(report / srcs[0]) as anim:  # the turntable plays: 4 frames, each cut to its rgb panel
+        assert anim.n_frames == 4 and anim.size == (128, 128) and anim.info["loop"] == 0
+        for i in range(4):
+            anim.seek(i)
+            r, g, b = anim.convert("RGB").getpixel((64, 64))
+            assert r > 150 and b < 60 and abs(g - 10 * i) < 12  # frame i, in order
+    # side by side: a row per subject x prompt, a cell per method, each with its scores under the turntable
+    row = page[page.index("<td>a sks toy in the snow</td>"):]
+    row = row[: row.index("</tr>")]
+    assert row.count("<img ") == 2 and "R-precision ViT-B/16: 1.000" in row and "R-precision ViT-B/16: 0.500" in row
+    assert "Janus (ViT-B/32) ↓: 0.500" in row and "Janus (ViT-B/32) ↓: 0.000" in row
     logs = re.findall(r"failed: <a href='([^']+)'", page)
     assert len(logs) == 1 and (report / logs[0]).resolve() == Path(next(
         c for c in cells if c.method == "B" and c.subject == "s2" and "snow" not in c.prompt).log_path).resolve()

@@ -54,7 +54,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--clip-models", nargs="+", default=None, help="CLIP models (default: eval's, the paper's three)")
     g.add_argument("--clip-i-model", default=None, help="which CLIP model's CLIP-I the table shows (default ViT-B/32)")
     g.add_argument("--dino-model", default=None, help="DINO model (default: eval's)")
-    g.add_argument("--distractors", default=None, help="distractor prompts file for R-precision (default: eval's)")
+    g.add_argument("--distractors", default=None, help="file of captions replacing eval's object-centric distractors for R-precision; each "
+                   "subject's other prompts stay in the set (docs/EVALUATION.md)")
     x = p.add_argument_group("where cells run")
     x.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: this machine, one cell per visible GPU (one at a time on a CPU); slurm: one Slurm job per "
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.commands import locate_configs
     from ..threestudio_root import locate_threestudio
     from ..pipeline.presets import get_preset
-    from ..sweep.plan import SweepOptions, is_finished, plan_cells, read_plan, write_plan
+    from ..sweep.plan import SweepOptions, is_finished, plan_cells, read_plan, write_plan, write_prompt_sets
     from ..sweep.progress import format_duration
     from ..sweep.report import write_report
     from ..sweep.run import run_sweep
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     executor = build_executor(args, out, preset.cpu) if todo else None  # all finished: no GPU needed
     write_plan(out, opts, cells, {"methods": methods, "subjects": [s.name for s in subjects]})
+    write_prompt_sets(opts, subjects, prompts)
     result = run_sweep(out, cells, executor, methods=methods, clip_i_model=args.clip_i_model,
                        every_s=args.progress_every)
     rep, progress = result["report"], result["progress"]

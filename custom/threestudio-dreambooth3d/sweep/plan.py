@@ -16,6 +16,9 @@ Layout::
     SWEEP/progress.json                       done / running / failed / pending, times
     SWEEP/cells/<subject>/<prompt>/<method>/  one run's output folder, plus
         cell.json  cell.log  eval/eval.json   the cell's record, its log, its scores
+    SWEEP/prompts/<subject>.txt               the prompts R-precision retrieves among for the
+                                              subject: its sweep prompts + the dataset's list
+                                              for its class (docs/EVALUATION.md)
     SWEEP/report/                             table, per-subject CSV/JSON, index.html
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ CELL_LOG = "cell.log"
 EVAL_DIR = "eval"
 SWEEP_JSON = "sweep.json"
 PROGRESS_JSON = "progress.json"
+PROMPTS_DIR = "prompts"
 DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
 CLI = ["-m", "threestudio_dreambooth3d.cli"]
 
@@ -124,8 +128,32 @@ def run_argv(opts: SweepOptions, subject: Subject, prompt: str, method: str, see
     return argv
 
 
+def prompt_set_path(opts: SweepOptions, subject: Subject) -> Path:
+    return Path(opts.out).resolve() / PROMPTS_DIR / f"{subject.name}.txt"
+
+
+def subject_prompt_set(opts: SweepOptions, subject: Subject, templates: Sequence[str]) -> List[str]:
+    """The subject's prompts R-precision retrieves among: the sweep's, then the DreamBooth
+    dataset's list for its class (the paper's evaluation prompts), each once."""
+    from ..evaluation.prompt_sets import dataset_prompts
+
+    filled = [fill_template(t, opts.identifier, subject.class_noun) for t in templates]
+    return list(dict.fromkeys(filled + dataset_prompts(subject.class_noun, opts.identifier)))
+
+
+def write_prompt_sets(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[str, List[str]]) -> None:
+    """``SWEEP/prompts/<subject>.txt`` for every subject (eval reads it with --prompts)."""
+    from ..fs import atomic_write_text
+
+    for s in subjects:
+        path = prompt_set_path(opts, s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "\n".join(subject_prompt_set(opts, s, prompts[s.name])) + "\n")
+
+
 def eval_argv(opts: SweepOptions, subject: Subject, prompt: str, out: Path) -> List[str]:
     argv = [opts.python, *CLI, "eval", "--run", str(out), "--subject", str(subject.folder), "--prompt", prompt,
+            "--class-noun", subject.class_noun, "--prompts", str(prompt_set_path(opts, subject)),
             "--identifier", opts.identifier, "--out", str(out / EVAL_DIR)]
     argv += ["--clip-models", *opts.clip_models] if opts.clip_models else []
     argv += ["--dino-model", opts.dino_model] if opts.dino_model else []
@@ -133,9 +161,9 @@ def eval_argv(opts: SweepOptions, subject: Subject, prompt: str, out: Path) -> L
     return argv
 
 
-def _fingerprint(run: List[str], evaluation: List[str], photos_sha256: str) -> str:
-    # argv[0] is the interpreter: a new venv is not a new input
-    return fingerprint([run[1:], evaluation[1:], photos_sha256])
+def _fingerprint(run: List[str], evaluation: List[str], photos_sha256: str, prompt_set: Sequence[str]) -> str:
+    # argv[0] is the interpreter: a new venv is not a new input; the prompt set is read from a file
+    return fingerprint([run[1:], evaluation[1:], photos_sha256, list(prompt_set)])
 
 
 def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[str, List[str]],
@@ -143,6 +171,7 @@ def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[st
     """Every cell, subject-major (``prompts[subject.name]`` are that subject's templates)."""
     cells = []
     for s in subjects:
+        prompt_set = subject_prompt_set(opts, s, prompts[s.name])
         for template in prompts[s.name]:
             prompt = fill_template(template, opts.identifier, s.class_noun)
             for method in methods:
@@ -151,7 +180,7 @@ def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[st
                 r = run_argv(opts, s, prompt, method, seed, out, method_flag)
                 e = eval_argv(opts, s, prompt, out)
                 cells.append(Cell(s.name, str(s.folder), s.class_noun, template, prompt, method, seed, str(out),
-                                  r, e, _fingerprint(r, e, photos_sha256.get(s.name, ""))))
+                                  r, e, _fingerprint(r, e, photos_sha256.get(s.name, ""), prompt_set)))
     keys = [c.key for c in cells]
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup:

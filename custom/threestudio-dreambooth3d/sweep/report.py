@@ -1,14 +1,18 @@
 """The sweep's report, from the cells' ``eval.json`` files.
 
 - the DreamBooth3D paper's Table 1 layout: a row per method, a column per CLIP model's
-  R-precision, then CLIP-I and DINO (subject fidelity, as the DreamBooth paper scores it);
+  R-precision (among the subject's other prompts, docs/EVALUATION.md), then CLIP-I and
+  DINO (subject fidelity, as the DreamBooth paper scores it) and the Janus score (back
+  views that look like a front; lower is better);
   each entry the mean +- standard deviation over subjects, where a subject's value is the
   mean over its prompts. The std is the sample std (n-1 in the denominator: the subjects
   are a sample); with one subject there is none. ``n`` is the number of subjects behind
   the entry (failed or missing cells leave a subject out of that method's row);
 - ``per_subject.csv/json``: every metric of every model per method x subject;
 - ``cells.csv``: every cell with its seed, status, log and metrics;
-- ``index.html``: the table, then a grid of turntable frames per subject x method.
+- ``index.html``: the table, then per subject x prompt each method's turntable playing
+  next to the others' with its scores under it (the paper's user-study view: 3D
+  consistency, subject fidelity, prompt fidelity).
 
 Everything is recomputed from the files each time, so the report of a half-finished
 sweep is right for what has finished.
@@ -28,8 +32,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .plan import DONE, Cell, read_record, slug
 
 REPORT_DIR = "report"
-FRAMES_PER_STRIP = 6
-THUMB = 96
+TURNTABLE_FRAMES = 24  # frames of the animated turntable of a cell
+THUMB = 128
+FRAME_MS = 120
 
 
 def short_model_name(model: str) -> str:
@@ -41,12 +46,15 @@ def short_model_name(model: str) -> str:
 
 
 def cell_metrics(eval_data: Dict[str, Any]) -> Dict[str, float]:
-    """Flat ``{"r_precision:MODEL": v, "clip_t:MODEL": v, "clip_i:MODEL": v, "dino:MODEL": v}``."""
+    """Flat ``{"r_precision:MODEL": v, "clip_t:MODEL": v, "clip_i:MODEL": v, "janus:MODEL": v, "dino:MODEL": v}``."""
     out: Dict[str, float] = {}
     for model, r in (eval_data.get("clip") or {}).items():
         for metric in ("r_precision", "clip_t", "clip_i"):
             if r.get(metric) is not None:
                 out[f"{metric}:{model}"] = float(r[metric])
+        janus = (r.get("janus") or {}).get("janus")
+        if janus is not None:
+            out[f"janus:{model}"] = float(janus)
     for model, r in (eval_data.get("dino") or {}).items():
         if r.get("dino") is not None:
             out[f"dino:{model}"] = float(r["dino"])
@@ -105,10 +113,11 @@ def per_subject(results: Sequence[CellResult]) -> Dict[Tuple[str, str], Dict[str
 
 
 def table_columns(results: Sequence[CellResult], clip_i_model: Optional[str] = None) -> List[Tuple[str, str]]:
-    """``[(label, metric key)]``: R-precision per CLIP model (in eval order), CLIP-I, DINO.
+    """``[(label, metric key)]``: R-precision per CLIP model (in eval order), CLIP-I, DINO, Janus.
 
-    CLIP-I is shown for one model (``clip_i_model``, default ViT-B/32 when scored, as the
-    DreamBooth paper, else the first); every model's CLIP-I is in the per-subject files."""
+    CLIP-I and the Janus score are shown for one model (``clip_i_model``, default ViT-B/32
+    when scored, as the DreamBooth paper, else the first); every model's are in the
+    per-subject files."""
     clip_models: List[str] = []
     dino_models: List[str] = []
     for r in results:
@@ -122,6 +131,8 @@ def table_columns(results: Sequence[CellResult], clip_i_model: Optional[str] = N
             (m for m in clip_models if short_model_name(m) == "ViT-B/32"), clip_models[0])
         cols.append((f"CLIP-I ({short_model_name(pick)})", f"clip_i:{pick}"))
     cols += [(f"DINO ({short_model_name(m)})" if len(dino_models) > 1 else "DINO", f"dino:{m}") for m in dino_models]
+    if clip_models and any(f"janus:{pick}" in r.metrics for r in results):
+        cols.append((f"Janus ({short_model_name(pick)}) ↓", f"janus:{pick}"))
     return cols
 
 
@@ -154,8 +165,10 @@ def format_markdown(table: Dict[str, Dict[str, Dict[str, Any]]], columns: Sequen
     return "\n".join(lines)
 
 
-def _frame_strip(result: CellResult, path: Path) -> Optional[Path]:
-    """A strip of evenly spaced turntable frames (the RGB panel of each), or None."""
+def _turntable(result: CellResult, path: Path) -> Optional[Path]:
+    """An animated GIF of evenly spaced turntable frames (the RGB panel of each), or None:
+    every method's plays next to the others' on index.html, in any browser, from files
+    eval.json lists (no video codec needed)."""
     files = [Path(f) for f in ((result.eval_data or {}).get("views") or {}).get("files", [])]
     files = [f for f in files if f.is_file()]
     if not files:
@@ -163,14 +176,17 @@ def _frame_strip(result: CellResult, path: Path) -> Optional[Path]:
     from PIL import Image
 
     from ..evaluation.run_eval import load_view  # one place for the rgb-panel crop
-    k = min(FRAMES_PER_STRIP, len(files))
+    k = min(TURNTABLE_FRAMES, len(files))
     picked = [files[round(i * (len(files) - 1) / (k - 1))] if k > 1 else files[0] for i in range(k)]
-    strip = Image.new("RGB", (THUMB * k, THUMB), (255, 255, 255))
-    for i, f in enumerate(picked):
-        strip.paste(load_view(f).resize((THUMB, THUMB), Image.BICUBIC), (i * THUMB, 0))
+    frames = [load_view(f).resize((THUMB, THUMB), Image.BICUBIC) for f in picked]
     path.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(path)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
     return path
+
+
+def cell_scores(result: CellResult, columns: Sequence[Tuple[str, str]]) -> List[Tuple[str, float]]:
+    """The table's scores of one cell, labelled as the table labels them."""
+    return [(label, result.metrics[key]) for label, key in columns if key in result.metrics]
 
 
 def _rel(path: Any, start: Path) -> str:
@@ -196,11 +212,12 @@ def write_html(path: Path, results: Sequence[CellResult], methods: Sequence[str]
     parts.append("</table><p class='muted'>A subject's value is the mean over its prompts; ± is the sample "
                  "standard deviation over subjects. Per-subject numbers: <a href='per_subject.csv'>per_subject.csv</a>, "
                  "<a href='per_subject.json'>per_subject.json</a>; every cell: <a href='cells.csv'>cells.csv</a>.</p>")
-    parts.append("<h2>Turntable frames</h2>")
+    parts.append("<h2>Side by side</h2><p class='muted'>Per subject and prompt, each method's turntable next to "
+                 "the others' (the paper's user study judges 3D consistency, subject fidelity and prompt fidelity "
+                 "this way), its scores under it.</p>")
     by_subject: Dict[str, List[CellResult]] = {}
     for r in results:
         by_subject.setdefault(r.cell.subject, []).append(r)
-    first_key = columns[0][1] if columns else None
     for subject, rs in by_subject.items():
         parts.append(f"<h3>{esc(subject)} <span class='muted'>({esc(rs[0].cell.class_noun)})</span></h3>"
                      "<table><tr><th>prompt</th>" + "".join(f"<th>{esc(m)}</th>" for m in methods) + "</tr>")
@@ -213,11 +230,11 @@ def write_html(path: Path, results: Sequence[CellResult], methods: Sequence[str]
                     parts.append("<td class='muted'>-</td>")
                     continue
                 if r.status == DONE:
-                    strip = _frame_strip(r, root / "frames" / subject / slug(prompt) / f"{method}.png")
-                    img = f"<img src='{esc(_rel(strip, root))}' alt='{esc(r.cell.key)}'>" if strip else ""
-                    score = (f"{esc(columns[0][0])}: {r.metrics[first_key]:.3f}"
-                             if first_key and first_key in r.metrics else "")
-                    parts.append(f"<td>{img}<span class='muted'>{score} · seed {r.cell.seed}</span></td>")
+                    anim = _turntable(r, root / "turntables" / subject / slug(prompt) / f"{method}.gif")
+                    img = f"<img src='{esc(_rel(anim, root))}' alt='{esc(r.cell.key)}'>" if anim else ""
+                    scores = "".join(f"<br>{esc(label)}: {v:.3f}" for label, v in cell_scores(r, columns))
+                    parts.append(f"<td>{img}<span class='scores'>{scores}</span>"
+                                 f"<br><span class='muted'>seed {r.cell.seed}</span></td>")
                 elif r.status == "failed":
                     log = r.record.get("log") or str(r.cell.log_path)
                     parts.append(f"<td class='failed'>failed: <a href='{esc(_rel(log, root))}'>log</a></td>")
