@@ -9,6 +9,10 @@ Layout (written atomically: a temporary folder renamed into place)::
       renders/view_000.png ...                optional: the untranslated renders
       cameras.json                            one entry per view, in view order
       contact_sheet.png                       every view labelled with its camera
+      filter.json, dropped/                   when views were filtered (:mod:`.view_filter`):
+                                              every view's scores and verdict; the dropped
+                                              views (not in cameras.json, so nothing learns
+                                              from them), marked on the contact sheet
 
 A ``cameras.json`` entry: ``file``, ``mask`` (or null), ``render`` (or null),
 ``elevation_deg``, ``azimuth_deg``, ``distance``, ``fovy_deg``, ``c2w`` (4x4, threestudio's
@@ -35,6 +39,7 @@ from ..fs import atomic_write_dir
 
 CAMERAS_FILE = "cameras.json"
 CONTACT_SHEET = "contact_sheet.png"
+FILTER_FILE = "filter.json"  # every view's filter scores and verdict (core.view_filter)
 REGENERATE = "Rerun stage 2 to regenerate the set (launch.py --test with the stage-2 config, or `dreambooth3d run`)."
 RECORD_KEYS = ("file", "elevation_deg", "azimuth_deg", "distance", "fovy_deg", "c2w", "height", "width")
 
@@ -136,12 +141,14 @@ def _camera_records(cameras: Any, n: int) -> List[Dict[str, Any]]:
 
 
 def make_contact_sheet(images: ImagesLike, labels: Sequence[str], columns: Optional[int] = None,
-                       label_height: int = 14, min_tile_width: int = 128) -> "Image.Image":
+                       label_height: int = 14, min_tile_width: int = 128,
+                       marks: Optional[Sequence[Optional[str]]] = None) -> "Image.Image":
     """All views in a grid, each with its label in a strip under it.
 
     Tiles narrower than ``min_tile_width`` are enlarged by a whole factor (nearest
     neighbour) so 64-pixel renders stay visible and their labels fit; a label is clipped
-    to its own tile.
+    to its own tile. ``marks``: per tile None or a note (why a view was dropped): the tile
+    gets a red frame and the note a red line under its label.
     """
     from PIL import Image, ImageDraw
 
@@ -154,14 +161,23 @@ def make_contact_sheet(images: ImagesLike, labels: Sequence[str], columns: Optio
     w = max(a.shape[1] for a in arrays)
     scale = max(1, math.ceil(min_tile_width / w))
     h, w = h * scale, w * scale
+    marks = list(marks) if marks is not None else [None] * len(arrays)
+    if len(marks) != len(arrays):
+        raise ValueError(f"{len(marks)} marks for {len(arrays)} images")
+    if any(marks):
+        label_height *= 2  # a second line for the note
     columns = columns or math.ceil(math.sqrt(len(arrays)))
     rows = math.ceil(len(arrays) / columns)
     sheet = Image.new("RGB", (columns * w, rows * (h + label_height)), "white")
-    for i, (arr, label) in enumerate(zip(arrays, labels)):
+    for i, (arr, label, mark) in enumerate(zip(arrays, labels, marks)):
         x, y = (i % columns) * w, (i // columns) * (h + label_height)
         sheet.paste(Image.fromarray(arr.repeat(scale, 0).repeat(scale, 1)), (x, y))
         strip = Image.new("RGB", (w, label_height), "white")
-        ImageDraw.Draw(strip).text((2, 1), label, fill="black")
+        draw = ImageDraw.Draw(strip)
+        draw.text((2, 1), label, fill="black")
+        if mark:
+            draw.text((2, label_height // 2 + 1), mark, fill=(200, 0, 0))
+            ImageDraw.Draw(sheet).rectangle([x, y, x + w - 1, y + h - 1], outline=(220, 0, 0), width=max(2, w // 40))
         sheet.paste(strip, (x, y + h))
     return sheet
 
@@ -178,6 +194,8 @@ def write_pseudo_views(
     masks: Optional[ImagesLike] = None,
     renders: Optional[ImagesLike] = None,
     view_names: Optional[Sequence[str]] = None,
+    decisions: Optional[Sequence[Any]] = None,
+    filter_info: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write a pseudo-view set atomically and return its folder.
 
@@ -188,6 +206,9 @@ def write_pseudo_views(
     [N, 1, H, W], float in [0, 1], bool or uint8. ``view_names``: each camera's
     front/side/back/overhead as the captions name it (default: threestudio's default
     thresholds; stage 2 passes its prompt processor's, :class:`.views.ViewPrompts`).
+    ``decisions``: one :class:`.view_filter.ViewDecision` per view; the dropped ones go to
+    ``dropped/`` instead of the set, the contact sheet marks them, and ``filter_info``
+    (:func:`.view_filter.filter_report`) is written as ``filter.json``.
     """
     from PIL import Image
 
@@ -214,14 +235,22 @@ def write_pseudo_views(
                 if a.shape[:2] != b.shape[:2]:
                     raise PseudoViewError(f"{name} {i} is {a.shape[1]}x{a.shape[0]}, its image {b.shape[1]}x{b.shape[0]}")
 
+    if decisions is not None and len(decisions) != n:
+        raise PseudoViewError(f"{len(decisions)} filter decisions for {n} images")
+    keep = [bool(d.keep) for d in decisions] if decisions is not None else [True] * n
+    if not any(keep):
+        raise PseudoViewError("the filter dropped every pseudo view; keep at least one (pseudo_view_filter.min_views)")
     for i, (rec, arr, cap, view) in enumerate(zip(records, rgb, captions, view_names)):
         stem = f"view_{i:03d}"
-        rec.update(file=f"images/{stem}.png", mask=f"masks/{stem}.png" if mask_arrays else None,
+        where = "images" if keep[i] else "dropped"
+        rec.update(file=f"{where}/{stem}.png", mask=f"masks/{stem}.png" if mask_arrays else None,
                    render=f"renders/{stem}.png" if render_arrays else None, height=int(arr.shape[0]),
                    width=int(arr.shape[1]), view=view, caption=cap)
 
     def write(tmp: Path) -> None:
         (tmp / "images").mkdir()
+        if not all(keep):
+            (tmp / "dropped").mkdir()
         for i, rec in enumerate(records):
             Image.fromarray(rgb[i]).save(tmp / rec["file"])
             (tmp / rec["file"]).with_suffix(".txt").write_text(rec["caption"] + "\n")
@@ -235,9 +264,14 @@ def write_pseudo_views(
                 Image.fromarray(arr).save(tmp / rec["render"])
         # render | translation side by side when both exist: the sheet shows what stage 2 changed
         tiles = [np.concatenate([r, t], axis=1) for r, t in zip(render_arrays, rgb)] if render_arrays else rgb
-        make_contact_sheet(tiles, [_label(i, r) for i, r in enumerate(records)]).save(tmp / CONTACT_SHEET)
-        # one view per line: readable and diffable
-        (tmp / CAMERAS_FILE).write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+        marks = [None if k else f"DROPPED: {getattr(d, 'reason', None) or 'filtered'}"
+                 for k, d in zip(keep, decisions if decisions is not None else [None] * n)]
+        make_contact_sheet(tiles, [_label(i, r) for i, r in enumerate(records)], marks=marks).save(tmp / CONTACT_SHEET)
+        # one view per line: readable and diffable; only the kept views are the set
+        kept = [r for r, k in zip(records, keep) if k]
+        (tmp / CAMERAS_FILE).write_text("[\n" + ",\n".join(json.dumps(r) for r in kept) + "\n]\n")
+        if filter_info is not None:
+            (tmp / FILTER_FILE).write_text(json.dumps(filter_info, indent=1) + "\n")
 
     return atomic_write_dir(folder, write)
 
