@@ -13,7 +13,7 @@ package_dir = {PKG: EXT_DIR, **{p: EXT_DIR + "/" + p[len(PKG) + 1 :].replace("."
 package_dir[f"{PKG}.configs"] = "configs"
 # one list of requirements, also read by `dreambooth3d doctor`
 REQ: dict = {}
-exec(open(f"{EXT_DIR}/requirements.py").read(), REQ)
+exec(open(f"{EXT_DIR}/environment/requirements.py").read(), REQ)
 
 setup(
     name="threestudio-dreambooth3d",
@@ -30,7 +30,7 @@ setup(
         "test": ["pytest>=7", "pytest-timeout", "submitit>=1.5"],
         # `dreambooth3d sweep --executor slurm`
         "cluster": ["submitit>=1.5"],
-        # what threestudio imports when it loads (see requirements.py)
+        # what threestudio imports when it loads (see environment/requirements.py)
         "threestudio": REQ["THREESTUDIO_EXTRA"],
     },
     entry_points={"console_scripts": ["dreambooth3d=threestudio_dreambooth3d.cli:main"]},

@@ -74,3 +74,44 @@ def subject_latents(tiny_sd_path, subject_dir):
     with torch.no_grad():
         return comps.vae.encode(pixels).latent_dist.mean * comps.vae.config.scaling_factor
 
+
+# -- a run folder with a fake threestudio checkout (the pipeline's tests; executor: fakes.FakeExecutor)
+
+@pytest.fixture
+def fake_threestudio(tmp_path) -> Path:
+    root = tmp_path / "threestudio"
+    (root / "threestudio").mkdir(parents=True)
+    (root / "threestudio" / "__init__.py").write_text("")
+    (root / "launch.py").write_text("")
+    (root / "load").mkdir()
+    return root
+
+
+@pytest.fixture
+def subject(tmp_path, subject_dir) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(subject_dir, tmp_path / "subject"))
+
+
+@pytest.fixture
+def configs(tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(ROOT / "configs", tmp_path / "configs"))
+
+
+@pytest.fixture
+def make_ctx(tmp_path, subject, fake_threestudio, configs):
+    from fakes import PROMPT
+    from threestudio_dreambooth3d.pipeline.context import RunContext
+    from threestudio_dreambooth3d.pipeline.presets import get_preset
+
+    def make(preset="smoke", **kw):
+        opts = dict(out=tmp_path / "out", subject=subject, class_noun="dog", prompt=PROMPT,
+                    preset=get_preset(preset), model="/models/tiny-sd", threestudio_root=fake_threestudio,
+                    configs_dir=configs)
+        opts.update(kw)
+        return RunContext(**opts)
+
+    return make

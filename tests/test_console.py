@@ -3,16 +3,13 @@ failure the lines that say why (``pipeline/console.py``, ``runner.execute``)."""
 from __future__ import annotations
 
 import io
-import logging
 import sys
 import textwrap
-import warnings
 
 import pytest
 
 from threestudio_dreambooth3d.pipeline import commands
-from threestudio_dreambooth3d.pipeline.console import (BarState, Console, StepBar, failure_lines, parse_bar,
-                                                       phase_name, warnings_to_log)
+from threestudio_dreambooth3d.pipeline.console import BarState, Console, StepBar, failure_lines, parse_bar, phase_name
 from threestudio_dreambooth3d.pipeline.runner import StepFailedError, execute
 
 # what the commands really print (taken from a smoke run's logs)
@@ -160,32 +157,6 @@ def test_console_quiet_hides_step_lines():
     Console(-1, out=out).step("[1/7] finetune: ...")
     Console(0, out=out).step("[2/7] stage1: ...")
     assert out.getvalue() == "[2/7] stage1: ...\n"
-
-
-def test_warnings_to_log_moves_third_party_warnings_off_the_terminal(tmp_path, capsys):
-    from threestudio_dreambooth3d.cli import configure_logging
-
-    configure_logging(0)
-    log = tmp_path / "run.log"
-    with warnings_to_log(log):
-        warnings.warn("torch.cuda.amp.autocast is deprecated", UserWarning)
-        logging.getLogger("transformers.modeling_utils").warning("some weights were not used")
-        logging.getLogger("threestudio_dreambooth3d.pipeline").warning("our own warning stays visible")
-    err = capsys.readouterr().err
-    assert "deprecated" not in err and "weights were not used" not in err
-    assert "our own warning stays visible" in err
-    text = log.read_text()
-    assert "UserWarning: torch.cuda.amp.autocast is deprecated" in text
-    assert "WARNING transformers.modeling_utils: some weights were not used" in text
-    assert "our own warning stays visible" in text
-    logging.getLogger("transformers.modeling_utils").warning("after the block: shown again")
-    assert "after the block: shown again" in capsys.readouterr().err
-
-
-def test_warnings_to_log_creates_nothing_without_an_output_folder(tmp_path):
-    with warnings_to_log(tmp_path / "missing" / "run.log"):
-        warnings.warn("early warning", UserWarning)
-    assert not (tmp_path / "missing").exists()
 
 
 def test_commands_are_told_to_draw_live_bars_unless_the_user_said_otherwise(tmp_path, capfd, monkeypatch):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from threestudio_dreambooth3d import doctor
-from threestudio_dreambooth3d.doctor import MISSING, OK, WARN, INFO, Check, GpuInfo
+from threestudio_dreambooth3d.environment import doctor
+from threestudio_dreambooth3d.environment.doctor import MISSING, OK, WARN, INFO, Check, GpuInfo
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a sks dog wearing a hat"
@@ -188,21 +188,21 @@ def all_good(monkeypatch, tmp_path):
     return _checkout(tmp_path, doctor.TESTED_THREESTUDIO_COMMIT)
 
 
-def _cli(argv):
+def run_cli(argv):
     from threestudio_dreambooth3d.cli import main
 
     return main(argv)
 
 
 def test_doctor_command_prints_one_table_and_exits_by_what_is_missing(all_good, monkeypatch, capsys):
-    assert _cli(["doctor", "--threestudio", str(all_good)]) == 0
+    assert run_cli(["doctor", "--threestudio", str(all_good)]) == 0
     out = capsys.readouterr().out
     for name in ("threestudio", "threestudio commit", "jaxtyping", "CUDA GPU", "tinycudann", "base model", "free disk"):
         assert f"\n{name} " in "\n" + out, name
     assert "ready for --preset default" in out
     monkeypatch.setattr(doctor, "check_packages",
                         lambda: [doctor.check_requirement("jaxtyping", _versions({}), _no_module)])
-    assert _cli(["doctor", "--threestudio", str(all_good)]) == 1
+    assert run_cli(["doctor", "--threestudio", str(all_good)]) == 1
     out = capsys.readouterr().out
     assert 'jaxtyping: pip install "jaxtyping"' in out and "1 missing for --preset default: jaxtyping" in out
 
@@ -212,17 +212,28 @@ def test_run_stops_before_any_work_when_something_is_missing(all_good, monkeypat
     out = tmp_path / "out"
     argv = ["run", "--subject", str(subject_dir), "--class-noun", "dog", "--prompt", PROMPT,
             "--out", str(out), "--threestudio", str(all_good), "--preset", "default"]
-    assert _cli(argv) == 2
+    assert run_cli(argv) == 2
     err = capsys.readouterr().err
     assert "CUDA GPU" in err and "--preset smoke" in err and "dreambooth3d doctor" in err
     assert not out.exists()  # nothing built, nothing written
     # a dry run shows the plan and only warns
-    assert _cli(argv + ["--configs", str(REPO / "configs"), "--dry-run"]) == 0
+    assert run_cli(argv + ["--configs", str(REPO / "configs"), "--dry-run"]) == 0
     captured = capsys.readouterr()
     assert "CUDA GPU" in captured.err and "finetune: run" in captured.out
 
 
 def test_doctor_modules_import_without_torch():
-    code = ("import sys; import threestudio_dreambooth3d.doctor, threestudio_dreambooth3d.cli.doctor; "
+    code = ("import sys; import threestudio_dreambooth3d.environment.doctor, threestudio_dreambooth3d.cli.doctor; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_default_preset_without_gpu_points_to_smoke(fake_threestudio, tmp_path):
+    from threestudio_dreambooth3d.environment.doctor import MISSING, GpuInfo, run_checks
+
+    rows = {r.name: r for r in run_checks("default", threestudio=str(fake_threestudio), out=tmp_path,
+                                          gpu=GpuInfo(False))}
+    assert rows["CUDA GPU"].status == MISSING and "--preset smoke" in rows["CUDA GPU"].fix
+    rows = {r.name: r for r in run_checks("smoke", threestudio=str(fake_threestudio), out=tmp_path,
+                                          gpu=GpuInfo(False))}
+    assert rows["CUDA GPU"].status != MISSING

@@ -416,7 +416,7 @@ def test_hub_models_offline_fail_before_any_work_naming_the_flags(tiny_clip, tin
 def test_eval_cli_offline_with_hub_ids_exits_at_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr("threestudio_dreambooth3d.hub.hub_reachable", lambda timeout=3.0: pytest.fail("probed"))
+    monkeypatch.setattr("threestudio_dreambooth3d.environment.hub.hub_reachable", lambda timeout=3.0: pytest.fail("probed"))
     views = tmp_path / "views"
     views.mkdir()
     _noise_image(0).save(views / "0.png")

@@ -127,7 +127,7 @@ def test_importing_the_package_and_the_core_never_imports_threestudio(tmp_path):
         import {PACKAGE}
         for name in {core!r}:
             importlib.import_module("{PACKAGE}.core." + name)
-        for name in ("errors", "fs", "defaults", "threestudio_root", "registration"):
+        for name in ("errors", "fs", "defaults", "environment.threestudio_root", "registration"):
             importlib.import_module("{PACKAGE}." + name)
         assert "threestudio" not in sys.modules, "threestudio imported"
         print("ok")

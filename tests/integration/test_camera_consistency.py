@@ -77,7 +77,7 @@ def test_a_nerf_fitted_to_stage2_views_recovers_them_at_their_cameras(threestudi
     from threestudio.systems.utils import parse_optimizer
     from threestudio.utils.config import load_config
 
-    from threestudio_dreambooth3d.cpu import smoke
+    from threestudio_dreambooth3d.pipeline import smoke
 
     register_blobs(threestudio)
     monkeypatch.chdir(tmp_path)

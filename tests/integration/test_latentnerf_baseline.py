@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from threestudio_dreambooth3d.cpu import smoke
+from threestudio_dreambooth3d.pipeline import smoke
 
 from test_registration_configs import CONFIGS, load_config
 from test_stages import fresh_system, launch, metrics, project, state_dict  # noqa: F401 (project is a fixture)
@@ -39,7 +39,7 @@ def test_config_is_threestudios_latentnerf_with_our_guidance(threestudio, threes
 
 def test_latentnerf_baseline_trains_and_decodes_its_renders(threestudio, project, threestudio_root,
                                                                     tiny_sd_path, dreambooth_run):
-    # the real config with the CPU override set (cpu/smoke.py): hash grid stand-in, 16 x 16 latent renders
+    # the real config with the CPU override set (pipeline/smoke.py): hash grid stand-in, 16 x 16 latent renders
     trial = launch(project, threestudio_root, "latentnerf", "--train",
                    f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
                    f"system.guidance.checkpoint={dreambooth_run}", name=NAME)

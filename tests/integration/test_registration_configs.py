@@ -79,7 +79,7 @@ def test_baseline_is_plain_sds_with_the_full_model(threestudio, tmp_path):
 def test_magic3d_refinement_runs_on_our_guidance(threestudio, tmp_path):
     """Mixing with threestudio's systems: Magic3D refinement parses with our guidance and prompt processor."""
     path = CONFIGS / "mix" / "magic3d-refine-dreambooth.yaml"
-    from threestudio_dreambooth3d.cpu import smoke
+    from threestudio_dreambooth3d.pipeline import smoke
 
     # the CPU override set applies to it too (stepping it needs threestudio's load/tets files)
     cfg = load_config(path, *overrides_for(path, tmp_path), f"system.geometry_convert_from={tmp_path / 'last.ckpt'}",

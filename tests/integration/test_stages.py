@@ -1,5 +1,5 @@
 """The three stages through threestudio's own launch.py: the real configs with the CPU override set
-(``threestudio_dreambooth3d.cpu.smoke``) and the tiny model.
+(``threestudio_dreambooth3d.pipeline.smoke``) and the tiny model.
 
 The commands are the ones docs/THREESTUDIO.md gives (and the pipeline builds): stage 1
 --train, stage 2 --test resume=<stage-1 ckpt>, stage 3 --train from the pseudo views.
@@ -35,7 +35,7 @@ def launch(project: Path, threestudio_root: Path, stage: str, mode: str, *overri
            name: Optional[str] = None) -> Path:
     """``python launch.py --config configs/<name>.yaml <mode> <CPU overrides of stage> <overrides>``
     in-process (``name`` defaults to dreambooth3d-<stage>); returns the trial dir."""
-    from threestudio_dreambooth3d.cpu import smoke
+    from threestudio_dreambooth3d.pipeline import smoke
 
     name = name or f"dreambooth3d-{stage}"
     argv = [str(threestudio_root / "launch.py"), "--config", str(CONFIGS / f"{name}.yaml"), mode,

@@ -20,7 +20,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import DreamBooth3DError
-from ..pipeline.console import PACKAGE_LOGGER, hide_captured
+from ..log_routing import PACKAGE_LOGGER, hide_captured
 
 # name -> module; each module has add_parser(subparsers) and run(args)
 SUBCOMMANDS = {

@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..doctor import blocking, format_table, run_checks
+    from ..environment.doctor import blocking, format_table, run_checks
 
     rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=args.out)
     print(format_table(rows))

@@ -68,7 +68,7 @@ def _warn(msg: str) -> None:
 
 def build_context(args: argparse.Namespace) -> RunContext:
     from ..pipeline.commands import locate_configs
-    from ..threestudio_root import locate_threestudio
+    from ..environment.threestudio_root import locate_threestudio
 
     preset = get_preset(args.preset)
     overrides = parse_set(args.overrides)
@@ -85,7 +85,7 @@ def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
     if args.model is None and ctx.preset.model is None and not (Path(ctx.model) / "model_index.json").is_file():
         from transformers.utils import logging as hf_logging
 
-        from ..pipeline.console import route_library_logs
+        from ..log_routing import route_library_logs
         from ..tiny_models.sd import save_tiny_sd
 
         route_library_logs()  # their warnings join OUT/logs/run.log
@@ -111,7 +111,7 @@ def run_steps(runner, start_from=None) -> int:
 def check_environment(args: argparse.Namespace) -> None:
     """``dreambooth3d doctor``'s checks for this preset, before anything is built: a missing piece
     stops the run here (a dry run only warns), warnings are printed."""
-    from ..doctor import MISSING, WARN, format_table, run_checks
+    from ..environment.doctor import MISSING, WARN, format_table, run_checks
 
     out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
     rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out)
@@ -136,7 +136,7 @@ def verbosity(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Python warnings of this process (threestudio's loader, trimesh...) go to ``OUT/logs/run.log``."""
-    from ..pipeline.console import warnings_to_log
+    from ..log_routing import warnings_to_log
 
     out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
     with warnings_to_log(out / "logs" / "run.log", show=verbosity(args) > 0):

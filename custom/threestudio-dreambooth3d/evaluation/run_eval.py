@@ -236,7 +236,7 @@ def _common_folder(files: Sequence[Path]) -> Path:
 def unavailable_models(sources: Sequence[str], cached=None, offline=None, reachable=None) -> Tuple[List[str], str]:
     """The hub ids among ``sources`` that cannot be loaded here without waiting on the network,
     and why: not local folders, not in the HF cache, and the hub is off (HF_HUB_OFFLINE) or unreachable."""
-    from .. import hub
+    from ..environment import hub
 
     cached = cached or (lambda s: hub.cached_file(s, "config.json"))
     offline = offline or hub.hub_offline
@@ -274,7 +274,7 @@ def check_models_available(cfg: "EvalConfig", **probes) -> None:
 def evaluate(cfg: EvalConfig) -> Dict:
     """Score the views, write eval.json and view_grid.png into the output folder, return the results.
     Warnings of the model libraries go to eval.log there."""
-    from ..pipeline.console import warnings_to_log
+    from ..log_routing import warnings_to_log
 
     if bool(cfg.views) == bool(cfg.run):
         raise EvalInputError("Pass exactly one of --views DIR_OR_GLOB or --run DIR.")
@@ -335,7 +335,7 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optio
     """Each model in turn, loaded, run and freed, with one progress bar over the models."""
     from tqdm import tqdm
 
-    from ..pipeline.console import route_library_logs
+    from ..log_routing import route_library_logs
     from .encoders import ClipEncoder, DinoEncoder
 
     route_library_logs()  # transformers' own stderr handler would bypass eval.log

@@ -19,7 +19,6 @@ from typing import Dict, List, Literal, Optional, Union
 import yaml
 
 from ..errors import MissingFileError
-from ..threestudio_root import THREESTUDIO_HELP, ThreestudioNotFoundError, locate_threestudio  # noqa: F401 (re-exported)
 from .context import TRIAL_TAG, RunContext
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ only picks the configs and adds dotlist overrides.
 
 ``smoke`` runs every stage on a CPU in a few minutes with the tiny random SD from
 ``threestudio_dreambooth3d.tiny_models.sd`` and the same configs, scaled down only by the
-overrides of :mod:`threestudio_dreambooth3d.cpu.smoke`: a set-up check before spending GPU
+overrides of :mod:`threestudio_dreambooth3d.pipeline.smoke`: a set-up check before spending GPU
 hours, and what the end-to-end test runs. Its pictures are noise by design.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..cpu import smoke
+from . import smoke
 from ..defaults import DEFAULT_MODEL
 from ..errors import ConfigError
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import StepFailedError
+from ..log_routing import warnings_to_log
 from .commands import Command
-from .console import Console, failure_lines, warnings_to_log
+from .console import Console, failure_lines
 from .context import RunContext
 from .manifest import DONE, FAILED, RUNNING, DiskFullError, Manifest, fingerprint, raise_if_disk_full
 from .steps import STEPS, Step, step_name

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-from .cpu.standin import importable
+from ..cpu.standin import importable
 
 # the threestudio commit the threestudio tier and the smoke run were tested on (README)
 TESTED_THREESTUDIO_COMMIT = "28d9d80d9d00f308244adfcf3be8b17ca0cb6465"
@@ -281,7 +281,7 @@ def check_disk(where: Union[str, Path], need_bytes: int) -> Check:
 def run_checks(preset: str = "default", model: Optional[str] = "", threestudio: Optional[str] = None,
                out: Union[str, Path] = ".", gpu: Optional[GpuInfo] = None) -> List[Check]:
     """Every row for ``preset``; ``model=""`` means the preset's own model."""
-    from .pipeline.presets import get_preset
+    from ..pipeline.presets import get_preset
 
     p = get_preset(preset)
     info = gpu or gpu_info()

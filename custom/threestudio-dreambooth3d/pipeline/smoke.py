@@ -2,7 +2,7 @@
 
 Why this exists: there is one set of stage configs, the one a GPU user runs (hash grid,
 SH environment map, 512 samples per ray, SD guidance and loss schedules). On a CPU the
-pure-torch stand-ins (:mod:`.tinycudann`, :mod:`.nerfacc`) run them as they are; only
+pure-torch stand-ins (:mod:`..cpu.tinycudann`, :mod:`..cpu.nerfacc`) run them as they are; only
 what scales the work down is overridden, and only here, so the smoke run and the tests
 exercise every other key. docs/THREESTUDIO.md lists the set. Precision needs no key:
 ``cpu.compat`` runs ``16-mixed`` as fp32 and the guidance loads fp32 weights on a CPU. The

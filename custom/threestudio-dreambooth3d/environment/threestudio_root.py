@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import ThreestudioNotFoundError
+from ..errors import ThreestudioNotFoundError
 
 THREESTUDIO_HELP = (
     "Point at a threestudio checkout (the folder holding launch.py) with --threestudio PATH or "
     "THREESTUDIO_ROOT=PATH, or install threestudio from a checkout (pip install -e .). "
-    "Get one with: git clone https://github.com/threestudio-project/threestudio && "
-    "pip install -r threestudio/requirements.txt"
+    "Get one with: git clone https://github.com/threestudio-project/threestudio; what it imports "
+    "comes with this project's extra, pip install -e '.[threestudio]' (not threestudio's "
+    "requirements.txt: its pins conflict with ours)"
 )
 
 

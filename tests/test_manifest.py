@@ -1,0 +1,52 @@
+"""The run's manifest: round trip, atomic writes, unreadable and disk-full errors, the subject hash."""
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from threestudio_dreambooth3d.pipeline import manifest as mf
+from threestudio_dreambooth3d.core.subject import sha256_files
+
+
+def test_manifest_round_trip_and_atomic_write(tmp_path):
+    m = mf.Manifest(tmp_path)
+    m.start("stage1", {"command": ["a"], "upstream": {}})
+    assert json.loads((tmp_path / "manifest.json").read_text())["steps"]["stage1"]["status"] == "running"
+    m.finish("stage1", {"checkpoint": "stage1/run/ckpts/last.ckpt"}, ["cd x && python launch.py"], 1.5)
+    again = mf.Manifest(tmp_path)
+    rec = again.get("stage1")
+    assert rec.status == "done" and rec.outputs == {"checkpoint": "stage1/run/ckpts/last.ckpt"}
+    assert rec.fingerprint == mf.fingerprint({"command": ["a"], "upstream": {}}) and rec.output_id
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary files left
+
+
+def test_unreadable_manifest_names_the_file(tmp_path):
+    (tmp_path / "manifest.json").write_text("{ truncated")
+    with pytest.raises(ValueError, match="manifest.json is not a readable manifest"):
+        mf.Manifest(tmp_path)
+
+
+def test_disk_full_while_saving_the_manifest_is_reported(tmp_path, monkeypatch):
+    m = mf.Manifest(tmp_path)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    from threestudio_dreambooth3d import fs
+
+    monkeypatch.setattr(fs.os, "replace", full)  # the manifest saves through fs's one atomic write
+    with pytest.raises(mf.DiskFullError, match="No space left on the disk while writing .*manifest.json"):
+        m.start("finetune", {})
+    assert not list(tmp_path.glob(".manifest.json.tmp*"))
+
+
+def test_subject_hash_sees_bytes_and_names(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"1")
+    b.write_bytes(b"1")
+    assert sha256_files([a]) != sha256_files([b])  # renamed photo
+    before = sha256_files([a])
+    a.write_bytes(b"2")
+    assert sha256_files([a]) != before
