@@ -7,7 +7,7 @@ import torch
 
 from threestudio_dreambooth3d.core import img2img
 
-from threestudio_dreambooth3d.core import sds
+from threestudio_dreambooth3d.core import vae
 from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
 STEPS = 20  # DDIM steps; strength 0.05 is then a single step from t = 1
@@ -31,7 +31,7 @@ def views():
 
 def _round_trip(components, images):
     with torch.no_grad():
-        return sds.decode_latents(components.vae, sds.encode_images(components.vae, images, sample=False))
+        return vae.decode_latents(components.vae, vae.encode_images(components.vae, images, sample=False))
 
 
 class GaussianDenoiser(torch.nn.Module):
@@ -77,7 +77,7 @@ def test_higher_strength_hands_the_image_to_the_model(tiny, views):
     model = SimpleNamespace(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, vae=tiny.vae,
                             scheduler=tiny.scheduler, resolution=tiny.resolution,
                             unet=GaussianDenoiser(mu, 0.1, tiny.scheduler.alphas_cumprod))
-    mode = sds.decode_latents(tiny.vae, mu).detach()
+    mode = vae.decode_latents(tiny.vae, mu).detach()
     dist = []
     for strength in (0.05, 0.3, 0.6, 0.9):
         out = img2img.translate(model, views, "a sks dog", strength=strength, num_inference_steps=STEPS, seed=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from threestudio_dreambooth3d.core import sds
+from threestudio_dreambooth3d.core import guidance_eval as ge, guidance_math, sds, vae
 from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
 PROMPT = "a sks dog"
@@ -65,14 +65,14 @@ def run_sds(components, text_embeddings, init_latents, steps, guidance_scale=7.5
 
 
 def test_step_range_and_timesteps_match_threestudio():
-    assert sds.step_range(1000, 0.02, 0.98) == (20, 980)
-    assert sds.step_range(1000, 0.5, 0.5) == (500, 500)  # sqrt_anneal collapses the range
-    assert sds.step_range(999, 0.02, 0.98) == (19, 979)  # int() truncates like threestudio
+    assert guidance_math.step_range(1000, 0.02, 0.98) == (20, 980)
+    assert guidance_math.step_range(1000, 0.5, 0.5) == (500, 500)  # sqrt_anneal collapses the range
+    assert guidance_math.step_range(999, 0.02, 0.98) == (19, 979)  # int() truncates like threestudio
     with pytest.raises(ValueError, match="min_step_percent"):
-        sds.step_range(1000, 0.9, 0.1)
-    t = sds.sample_timesteps(4000, 20, 980, generator=torch.Generator().manual_seed(0))
+        guidance_math.step_range(1000, 0.9, 0.1)
+    t = guidance_math.sample_timesteps(4000, 20, 980, generator=torch.Generator().manual_seed(0))
     assert t.dtype == torch.long and int(t.min()) == 20 and int(t.max()) == 980  # inclusive bounds
-    again = sds.sample_timesteps(4000, 20, 980, generator=torch.Generator().manual_seed(0))
+    again = guidance_math.sample_timesteps(4000, 20, 980, generator=torch.Generator().manual_seed(0))
     assert torch.equal(t, again)
 
 
@@ -134,11 +134,11 @@ def test_v_prediction_converts_to_epsilon(tiny):
     x_t = sched.add_noise(x0, eps, t)
     v = sched.get_velocity(x0, eps, t)  # diffusers' own definition of the v target
     ac = sched.alphas_cumprod
-    torch.testing.assert_close(sds.to_epsilon(v, x_t, t, ac, "v_prediction"), eps, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(sds.to_epsilon(x0, x_t, t, ac, "sample"), eps, rtol=1e-3, atol=1e-3)
-    assert sds.to_epsilon(eps, x_t, t, ac, "epsilon") is eps
+    torch.testing.assert_close(guidance_math.to_epsilon(v, x_t, t, ac, "v_prediction"), eps, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(guidance_math.to_epsilon(x0, x_t, t, ac, "sample"), eps, rtol=1e-3, atol=1e-3)
+    assert guidance_math.to_epsilon(eps, x_t, t, ac, "epsilon") is eps
     with pytest.raises(ValueError, match="prediction_type"):
-        sds.to_epsilon(eps, x_t, t, ac, "flow")
+        guidance_math.to_epsilon(eps, x_t, t, ac, "flow")
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -172,7 +172,7 @@ def fit_to_subject(components, subject, steps=100, lr=2e-3, seed=0):
     for _ in range(steps):
         t = torch.randint(0, 1000, (8,), generator=g)
         noise = torch.randn(8, 4, 16, 16, generator=g)
-        noisy = sds.add_noise(subject.expand(8, -1, -1, -1), noise, t, ac)
+        noisy = guidance_math.add_noise(subject.expand(8, -1, -1, -1), noise, t, ac)
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=emb).sample, noise)
         opt.zero_grad()
         loss.backward()
@@ -225,12 +225,12 @@ def test_score_distillation_from_pixels_backpropagates_to_the_render(tiny):
 
 def test_encode_upsamples_to_model_resolution_and_decode_inverts_layout(tiny):
     img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    lat = sds.encode_images(tiny.vae, img, tiny.resolution, sample=False)
+    lat = vae.encode_images(tiny.vae, img, tiny.resolution, sample=False)
     up = F.interpolate(img, (32, 32), mode="bilinear", align_corners=False)
     with torch.no_grad():
         ref = tiny.vae.encode(up * 2 - 1).latent_dist.mode() * tiny.vae.config.scaling_factor
     torch.testing.assert_close(lat.detach(), ref)
-    dec = sds.decode_latents(tiny.vae, lat.detach())
+    dec = vae.decode_latents(tiny.vae, lat.detach())
     assert dec.shape == (1, 3, 32, 32) and 0 <= dec.min() and dec.max() <= 1
     with torch.no_grad():
         ref_dec = (tiny.vae.decode(ref / tiny.vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
@@ -263,7 +263,7 @@ def test_sds_pulls_toward_the_subject_the_model_was_personalised_on(personalised
 def test_perpendicular_component_by_hand():
     x = torch.tensor([[1.0, 1.0], [3.0, 4.0], [2.0, -1.0]]).view(3, 2, 1, 1)
     y = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]).view(3, 2, 1, 1)
-    out = sds.perpendicular_component(x, y).view(3, 2)
+    out = guidance_math.perpendicular_component(x, y).view(3, 2)
     # (1,1) minus its projection on (1,0); (3,4) on (0,2); a zero y leaves x unchanged (1e-6 floor, no NaN)
     torch.testing.assert_close(out, torch.tensor([[0.0, 1.0], [3.0, 0.0], [2.0, -1.0]]))
 
@@ -279,14 +279,14 @@ def test_perp_neg_guidance_by_hand():
                        [1, 3], [2, 2],  # item 0 negatives
                        [7, 1], [0, 9])  # item 1 negatives
     weights = torch.tensor([[-0.5, -2.0], [1.0, 0.25]])
-    out = sds.perp_neg_guidance(noise_pred, weights, guidance_scale=10.0).view(2, 2)
+    out = guidance_math.perp_neg_guidance(noise_pred, weights, guidance_scale=10.0).view(2, 2)
     # item 0: e_pos = (2,0); e_0 = (0,2) -> perp (0,2); e_1 = (1,1) -> perp (0,1)
     #         eps = (1,1) + 10 * ((2,0) - 0.5 (0,2) - 2 (0,1)) = (21, -29)
     # item 1: e_pos = (0,4); e_0 = (7,0) -> perp (7,0); e_1 = (0,8) -> perp (0,0)
     #         eps = (0,1) + 10 * ((0,4) + 1 (7,0) + 0.25 (0,0)) = (70, 41)
     torch.testing.assert_close(out, torch.tensor([[21.0, -29.0], [70.0, 41.0]]))
     with pytest.raises(ValueError, match=r"cat\(\[pos, uncond, neg\]\) = 8 rows"):
-        sds.perp_neg_guidance(noise_pred[:6], weights, 10.0)
+        guidance_math.perp_neg_guidance(noise_pred[:6], weights, 10.0)
 
 
 class EmbeddingUNet(torch.nn.Module):
@@ -337,7 +337,7 @@ def test_sjc_grad_by_hand():
     emb2 = torch.cat([emb[:1], emb[:1], emb[1:], emb[1:]])  # B = 2: cat([cond, cond, uncond, uncond])
     g, aux = sds.sjc_grad(EmbeddingUNet(), y, emb2, t, 2.0, ac, var_red=True, noise=noise)
     torch.testing.assert_close(g, eps - noise, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(aux["latents_noisy"], sds.add_noise(y, noise, t, ac), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux["latents_noisy"], guidance_math.add_noise(y, noise, t, ac), rtol=1e-5, atol=1e-6)
     g, _ = sds.sjc_grad(EmbeddingUNet(), y, emb2, t, 2.0, ac, var_red=False, noise=noise)
     torch.testing.assert_close(g, eps.expand_as(y), rtol=1e-5, atol=1e-5)
 
@@ -358,7 +358,7 @@ def test_score_distillation_image_loss_is_hifa_on_the_decoded_estimate(tiny):
     cfg = sds.SDSConfig(guidance_scale=100.0, use_img_loss=True, grad_clip=5.0)
     out = sds.score_distillation(tiny, rgb, emb, cfg, t=t, generator=torch.Generator().manual_seed(0))
     image = F.interpolate(rgb.detach().permute(0, 3, 1, 2), (32, 32), mode="bilinear", align_corners=False)
-    x0 = sds.decode_latents(tiny.vae, out["latents_denoised"])
+    x0 = vae.decode_latents(tiny.vae, out["latents_denoised"])
     expected = sds.hifa_image_grad(image, x0, out["w"], tiny.scheduler.alphas_cumprod, t).clamp(-5.0, 5.0)
     torch.testing.assert_close(out["grad_img"], expected)
     assert out["grad_img"].abs().sum() > 0
@@ -408,17 +408,17 @@ def test_guidance_eval_denoises_to_the_model_mode(tiny):
     latents = torch.randn(3, 4, 16, 16, generator=g)
     t = torch.tensor([481, 941, 101])  # on the DDIM(50) grid, so the one-step x0 estimate is exact too
     grad, aux = sds.sds_grad(unet, latents, emb, t, scale, tiny.scheduler.alphas_cumprod, noise=torch.randn_like(latents))
-    out = sds.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=2)
+    out = ge.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=2)
     assert out["bs"] == 2 and set(out) >= {"imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final", "noise_levels"}
     # DDIM(50) timesteps are 981, 961, ..., 1: resume at the first one <= t
     assert out["noise_levels"] == pytest.approx([0.481, 0.941])
-    idx = sds.eval_timesteps(DDIMScheduler.from_config(tiny.scheduler.config), torch.tensor([500, 960, 100, 981]))
+    idx = ge.eval_timesteps(DDIMScheduler.from_config(tiny.scheduler.config), torch.tensor([500, 960, 100, 981]))
     assert idx.tolist() == [25, 2, 45, 0]
-    want = sds.decode_latents(tiny.vae, target).permute(0, 2, 3, 1).expand(2, -1, -1, -1)
+    want = vae.decode_latents(tiny.vae, target).permute(0, 2, 3, 1).expand(2, -1, -1, -1)
     for key in ("imgs_1orig", "imgs_final"):
         assert out[key].shape == (2, 32, 32, 3)
         torch.testing.assert_close(out[key], want, atol=2e-3, rtol=0)
-    noisy = sds.decode_latents(tiny.vae, aux["latents_noisy"][:2]).permute(0, 2, 3, 1)
+    noisy = vae.decode_latents(tiny.vae, aux["latents_noisy"][:2]).permute(0, 2, 3, 1)
     torch.testing.assert_close(out["imgs_noisy"], noisy)
     assert (out["imgs_1step"] - want).abs().mean() > 1e-2  # one step is not yet the end
-    assert sds.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=-1)["bs"] == 3
+    assert ge.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=-1)["bs"] == 3

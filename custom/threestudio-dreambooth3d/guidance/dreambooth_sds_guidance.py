@@ -6,7 +6,7 @@ same meaning (Perp-Neg from the prompt processor, HiFA's ``use_img_loss``, SJC,
 ``guidance_eval`` images, token merging, sequential CPU offload); the t-range schedule
 (``min/max_step_percent`` as ``C()`` values, ``sqrt_anneal``) and ``grad_clip`` run
 through threestudio's own ``update_step``. The math is the core's
-:func:`sds.score_distillation` / :func:`sds.guidance_eval`, the translation the core's
+:func:`sds.score_distillation` / :func:`guidance_eval.guidance_eval`, the translation the core's
 :func:`img2img.translate`; this class only loads the model once and adapts
 threestudio's calling convention. One deliberate difference: renders are resized to
 the model's own resolution (threestudio hard-codes 512 px / 64 latents), the same for
@@ -26,7 +26,7 @@ from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.base import BaseObject
 from threestudio.utils.misc import cleanup
 
-from ..core import sds
+from ..core import guidance_eval as eval_pictures, sds, vae
 from ..core.checkpoints import is_checkpoint, read_meta
 from ..defaults import DEFAULT_MODEL
 from ..errors import CheckpointNotFoundError
@@ -183,7 +183,7 @@ class DreamBoothSDSGuidance(BaseObject):
 
     def encode_images(self, imgs: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] at the model resolution -> scaled latents (threestudio's method)."""
-        return sds.encode_images(self.components.vae, imgs)
+        return vae.encode_images(self.components.vae, imgs)
 
     def decode_latents(self, latents: torch.Tensor, latent_height: Optional[int] = None,
                        latent_width: Optional[int] = None) -> torch.Tensor:
@@ -193,7 +193,7 @@ class DreamBoothSDSGuidance(BaseObject):
         latent_height, latent_width = latent_height or size, latent_width or size
         latents = torch.nn.functional.interpolate(latents, (latent_height, latent_width), mode="bilinear",
                                                   align_corners=False)
-        return sds.decode_latents(self.components.vae, latents)
+        return vae.decode_latents(self.components.vae, latents)
 
     def __call__(
         self,
@@ -232,7 +232,7 @@ class DreamBoothSDSGuidance(BaseObject):
         if "loss_sds_img" in out:
             guidance_out["loss_sds_img"] = out["loss_sds_img"]
         if guidance_eval:
-            eval_out = sds.guidance_eval(
+            eval_out = eval_pictures.guidance_eval(
                 self.components, out["t"], text_embeddings, out["latents_noisy"], out["noise_pred"],
                 self.cfg.guidance_scale, neg_guidance_weights, max_items=self.cfg.max_items_eval,
             )
