@@ -18,9 +18,9 @@ PACKAGE = "threestudio_dreambooth3d"
 ROOT = Path(threestudio_dreambooth3d.__file__).resolve().parent
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
-    parts = [PACKAGE, *rel.parts]
+def _module_name(path: Path, root: Path = ROOT, package: str = PACKAGE) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = [package, *rel.parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -32,13 +32,28 @@ def _resolve(current: str, is_package: bool, node: ast.ImportFrom) -> Optional[s
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def import_graph(root: Path = ROOT) -> Dict[str, Set[str]]:
-    """module -> the package modules it imports anywhere (top level or inside functions)."""
-    modules = {_module_name(p): p for p in root.rglob("*.py")}
+def _imports_by_name(tree: ast.AST) -> bool:
+    """Whether the module imports modules named by strings (importlib.import_module, __import__)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name in ("import_module", "__import__"):
+                return True
+    return False
+
+
+def import_graph(root: Path = ROOT, package: str = PACKAGE) -> Dict[str, Set[str]]:
+    """module -> the package modules it imports anywhere (top level or inside functions), and in a
+    module that imports by name (importlib.import_module), every string literal naming one of them
+    (cli's SUBCOMMANDS table)."""
+    modules = {_module_name(p, root, package): p for p in root.rglob("*.py")}
     graph: Dict[str, Set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        by_name = _imports_by_name(tree)
+        for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -48,8 +63,10 @@ def import_graph(root: Path = ROOT) -> Dict[str, Set[str]]:
                     continue
                 # "from . import x" names a submodule x when there is one
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            elif by_name and isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
+                targets = [node.value]
             for t in targets:
-                if not t.startswith(PACKAGE):
+                if not t.startswith(package):
                     continue
                 while t not in modules and "." in t:  # an attribute of a module: the module
                     t = t.rsplit(".", 1)[0]
@@ -93,6 +110,23 @@ def test_the_import_graph_sees_lazy_and_relative_imports():
     assert f"{PACKAGE}.pipeline.runner" in g[f"{PACKAGE}.cli.run"]
     # two dots, module level
     assert f"{PACKAGE}.errors" in g[f"{PACKAGE}.core.subject"]
+    # by name: cli imports its subcommands with importlib.import_module(SUBCOMMANDS[...])
+    assert {f"{PACKAGE}.cli.{name}" for name in SUBCOMMANDS} <= g[f"{PACKAGE}.cli"]
+
+
+def test_a_cycle_through_a_module_imported_by_name_is_found(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "cli").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cli" / "__init__.py").write_text(
+        "import importlib\nCOMMANDS = {'run': 'pkg.cli.run'}\n"
+        "def main(name):\n    return importlib.import_module(COMMANDS[name])\n")
+    (pkg / "cli" / "run.py").write_text("def run():\n    from ..steps import x\n")
+    # a subprocess command line names the package without importing it: not an edge
+    (pkg / "steps.py").write_text("import sys\nARGV = [sys.executable, '-m', 'pkg.cli']\nx = 1\n")
+    assert find_cycle(import_graph(pkg, "pkg")) is None
+    (pkg / "steps.py").write_text("def x():\n    from .cli import main\n")
+    assert find_cycle(import_graph(pkg, "pkg")) == ["pkg.cli", "pkg.cli.run", "pkg.steps", "pkg.cli"]
 
 
 def test_find_cycle_finds_a_cycle():

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 from ..evaluation import DEFAULT_CLIP_MODELS
 from ..evaluation import DEFAULT_DINO_MODEL
@@ -87,14 +86,3 @@ def run(args: argparse.Namespace) -> int:
     if args.run and update_eval_section(Path(args.run) / "summary.html", results):
         print(f"added the scores to {Path(args.run) / 'summary.html'}")
     return 0
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (``python -m threestudio_dreambooth3d.cli.eval``)."""
-    from . import main as cli_main
-
-    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,6 +28,7 @@ from . import checkpoints
 from . import lora
 from .sd_models import SDComponents, load_sd_components, resolve_device
 from .subject import load_images, load_subject_images, sha256_files
+from ..defaults import MIXED_PRECISIONS, TRAIN_MODES, MixedPrecision, TrainMode
 from ..errors import ConfigError, RunMismatchError, TrainingDivergedError
 from ..fs import atomic_write_file, fingerprint
 
@@ -57,24 +58,24 @@ class DreamBoothConfig:
     batch_size: int = 1
     max_steps: int = 800
     checkpoint_steps: Dict[str, int] = field(default_factory=lambda: {"partial": 200, "full": 800})
-    mode: str = "lora"  # "lora" | "full"
+    mode: TrainMode = "lora"
     lora_rank: int = 16
     lora_alpha: Optional[float] = None  # default: rank
     learning_rate: Optional[float] = None  # default 1e-4 (lora) / 5e-6 (full)
     train_text_encoder: bool = False
     text_encoder_learning_rate: Optional[float] = None  # default: learning_rate
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (CUDA only)
+    mixed_precision: MixedPrecision = "no"  # CUDA only
     gradient_checkpointing: bool = False
     save_state_every: int = 100
     seed: int = 0
     device: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("lora", "full"):
-            raise ConfigError(f"mode must be 'lora' or 'full', not {self.mode!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        if self.mode not in TRAIN_MODES:
+            raise ConfigError(f"mode must be one of {', '.join(TRAIN_MODES)}, not {self.mode!r}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, not {self.mixed_precision!r}")
         bad = {k: s for k, s in self.checkpoint_steps.items() if not 0 < int(s) <= self.max_steps}
         if bad:
             raise ConfigError(f"checkpoint steps {bad} must lie in 1..max_steps ({self.max_steps})")

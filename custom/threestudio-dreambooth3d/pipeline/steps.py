@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..finetune_options import FinetuneOptions, continuation_args
 from ..fs import sha256_files
 from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views
 from .commands import KEYS, Command, LaunchMode, dot, finetune_cli, launch_py
@@ -122,17 +123,10 @@ class Finetune(Step):
                 for name in self.checkpoint_names}
 
 
-def first_finetune_choices(ctx: RunContext) -> List[str]:
-    """The first finetune's ``--mode`` and ``--train-text-encoder``, for the multi-view finetune.
-
-    The continuation trains what the first run trained (a full UNet stays full, a trained text
-    encoder keeps training); its own ``--set multiview_finetune:...`` options come later and win.
-    """
-    from ..cli import build_parser
-
-    first = Finetune().command(ctx).argv[3:]  # after "python -m threestudio_dreambooth3d.cli"
-    args = build_parser().parse_args(first)
-    return ["--mode", args.mode] + (["--train-text-encoder"] if args.train_text_encoder else [])
+def first_finetune_options(ctx: RunContext) -> FinetuneOptions:
+    """The options the first finetune runs with: its command line, the preset's and the user's
+    options included."""
+    return FinetuneOptions.parse(Finetune().command(ctx).argv[4:])  # after "python -m threestudio_dreambooth3d.cli finetune"
 
 
 class ThreestudioStage(Step):
@@ -225,7 +219,7 @@ class MultiviewFinetune(Finetune):
         return ["--out", str(self.out_dir(ctx)), "--steps", str(p.multiview_steps),
                 "--checkpoints", f"multiview={p.multiview_steps}",
                 "--init-checkpoint", str(ctx.checkpoint(ctx.multiview_init)),
-                "--extra-images", str(ctx.pseudo_views_dir / "images")] + first_finetune_choices(ctx)
+                "--extra-images", str(ctx.pseudo_views_dir / "images")] + continuation_args(first_finetune_options(ctx))
 
 
 class Stage3(NerfStage):
