@@ -78,3 +78,7 @@ class MissingOutputError(DreamBooth3DError, RuntimeError):
 
 class TrainingDivergedError(DreamBooth3DError, FloatingPointError):
     """A loss became NaN/inf during training."""
+
+
+class FolderInUseError(DreamBooth3DError, RuntimeError):
+    """Another live process holds the output folder's lock; the message names it."""

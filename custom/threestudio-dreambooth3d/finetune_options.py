@@ -10,6 +10,7 @@ Torch-free: ``--help`` is built from it without loading a model library.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
@@ -32,6 +33,24 @@ def parse_checkpoints(text: str) -> Dict[str, int]:
     return out
 
 
+def learning_rate(text: str) -> float:
+    """``--lr``: a finite number above zero (nan, inf, 0 or a negative rate cannot train)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; e.g. --lr 1e-4") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite positive learning rate; e.g. --lr 1e-4")
+    return value
+
+
+def nonempty(text: str) -> str:
+    """A word the prompts are built from: an empty one would train on "a sks "."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (e.g. dog, backpack, toy)")
+    return text.strip()
+
+
 def _option(help: str, default: Any = MISSING, type: Optional[Callable] = None, flag: Optional[str] = None,
             **argparse_kwargs: Any) -> Any:
     """A field that is also a command-line option: ``flag`` defaults to ``--field-name``."""
@@ -42,11 +61,11 @@ def _option(help: str, default: Any = MISSING, type: Optional[Callable] = None, 
 @dataclass
 class FinetuneOptions:
     subject: str = _option("folder with 3-6 photos of the subject (png/jpg/webp)")
-    class_noun: str = _option("what the subject is, e.g. dog, backpack, toy")
+    class_noun: str = _option("what the subject is, e.g. dog, backpack, toy", type=nonempty)
     out: str = _option("output folder (checkpoints/, class_images/, state/)")
     model: str = _option(f"base Stable Diffusion: hub id or local diffusers folder (default {DEFAULT_MODEL})",
                          DEFAULT_MODEL)
-    identifier: str = _option("rare token naming the subject in prompts (default sks)", "sks")
+    identifier: str = _option("rare token naming the subject in prompts (default sks)", "sks", nonempty)
     instance_prompt: Optional[str] = _option("prompt for the photos (default 'a {identifier} {class}')", None)
     steps: int = _option("total training steps (default 800)", 800, int)
     checkpoints: Optional[Dict[str, int]] = _option(
@@ -56,7 +75,7 @@ class FinetuneOptions:
     lora_rank: int = _option("LoRA rank in lora mode (default 16)", 16, int)
     lora_alpha: Optional[float] = _option("LoRA alpha: the adapters' output is scaled by alpha/rank "
                                           "(default: the rank, a scale of 1)", None, float)
-    lr: Optional[float] = _option("learning rate (default 1e-4 lora, 5e-6 full)", None, float)
+    lr: Optional[float] = _option("learning rate (default 1e-4 lora, 5e-6 full)", None, learning_rate)
     train_text_encoder: bool = _option("also finetune the text encoder", False, action="store_true")
     prior: bool = _option("no class-prior preservation (it is on by default)", True, flag="--no-prior",
                           action="store_false")

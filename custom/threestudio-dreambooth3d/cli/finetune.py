@@ -20,6 +20,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The output folder is checked and locked first: one finetune per folder."""
+    from ..pipeline.checks import check_output_folder
+    from ..pipeline.lock import folder_lock
+
+    check_output_folder(args.out)
+    with folder_lock(args.out):
+        return _finetune(args)
+
+
+def _finetune(args: argparse.Namespace) -> int:
     from ..core.dreambooth import train_dreambooth
 
     result = train_dreambooth(FinetuneOptions.from_namespace(args).dreambooth_config())

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List
 
 from ..errors import ConfigError, MachineError
+from ..finetune_options import nonempty
 from ..pipeline.context import METHODS, RunContext, slug
 from ..pipeline.presets import PRESETS, get_preset
 from ..pipeline.steps import STEP_NAMES, step_name
@@ -33,10 +35,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "change affects; OUT/summary.html shows the results and the exact commands.",
     )
     p.add_argument("--subject", required=True, help="folder with 3-6 photos of the subject")
-    p.add_argument("--class-noun", required=True, help="what the subject is, e.g. dog, backpack, toy")
+    p.add_argument("--class-noun", required=True, type=nonempty, help="what the subject is, e.g. dog, backpack, toy")
     p.add_argument("--prompt", required=True, help="what to make, naming the subject as IDENTIFIER CLASS, "
                    "e.g. 'a sks dog wearing a hat'")
-    p.add_argument("--identifier", default="sks", help="rare token DreamBooth binds the subject to (default sks)")
+    p.add_argument("--identifier", default="sks", type=nonempty, help="rare token DreamBooth binds the subject to (default sks)")
     p.add_argument("--model", default=None, help="base Stable Diffusion, hub id or diffusers folder "
                    "(default: the preset's; smoke builds a tiny random one)")
     p.add_argument("--out", default=None, help="output folder (default outputs/dreambooth3d/PROMPT)")
@@ -72,7 +74,7 @@ def build_context(args: argparse.Namespace) -> RunContext:
 
     preset = get_preset(args.preset)
     overrides = parse_set(args.overrides)
-    out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
+    out = output_folder(args)
     # the smoke preset's tiny model: its path now, built by build_tiny_model once the checks pass
     model = args.model or preset.model or str(out.resolve() / "models" / "tiny-sd")
     return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
@@ -113,7 +115,7 @@ def check_environment(args: argparse.Namespace) -> None:
     stops the run here (a dry run only warns), warnings are printed."""
     from ..environment.doctor import MISSING, WARN, format_table, run_checks
 
-    out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
+    out = output_folder(args)
     rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out)
     for r in rows:
         if r.status == WARN:
@@ -134,13 +136,23 @@ def verbosity(args: argparse.Namespace) -> int:
     return -1 if getattr(args, "quiet", False) else min(1, getattr(args, "verbose", 0) or 0)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Python warnings of this process (threestudio's loader, trimesh...) go to ``OUT/logs/run.log``."""
-    from ..log_routing import warnings_to_log
+def output_folder(args: argparse.Namespace) -> Path:
+    """``--out``, or ``outputs/dreambooth3d/<prompt slug>`` (bounded: a long prompt keeps a hash)."""
+    return Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
 
-    out = Path(args.out or Path("outputs") / "dreambooth3d" / slug(args.prompt))
-    with warnings_to_log(out / "logs" / "run.log", show=verbosity(args) > 0):
-        return _run(args)
+
+def run(args: argparse.Namespace) -> int:
+    """The output folder is checked and locked first (one run per folder); Python warnings of this
+    process (threestudio's loader, trimesh...) go to ``OUT/logs/run.log``."""
+    from ..pipeline.checks import check_output_folder
+    from ..log_routing import warnings_to_log
+    from ..pipeline.lock import folder_lock
+
+    out = output_folder(args)
+    check_output_folder(out)
+    with (nullcontext() if args.dry_run else folder_lock(out)):
+        with warnings_to_log(out / "logs" / "run.log", show=verbosity(args) > 0):
+            return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import lora
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, TrainingDivergedError
 from ..fs import atomic_write_dir, atomic_write_file
 
 META_FILE = "dreambooth.json"
@@ -67,6 +67,27 @@ def module_files(path: Union[str, Path], module: str) -> List[Path]:
     return [Path(path) / layer["file"] for layer in weight_layers(read_meta(path)).get(module, [])]
 
 
+def nonfinite_tensors(state: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Names of the floating-point tensors in a (nested) state dict holding NaN or inf."""
+    bad: List[str] = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += nonfinite_tensors(value, prefix=f"{name}/")
+        elif torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
+
+
+def assert_finite_state(state: Dict[str, Any], where: Union[str, Path]) -> None:
+    """Refuse to write ``state`` to ``where`` when a tensor is NaN/inf: such a checkpoint is never kept."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise TrainingDivergedError(
+            f"not writing {where}: {len(bad)} tensors hold NaN/inf (e.g. {bad[0]}). Training diverged: "
+            "lower the learning rate (--lr) or train in fp32 (--mixed-precision no).")
+
+
 def save_checkpoint(
     path: Union[str, Path],
     modules: Dict[str, Tuple[torch.nn.Module, bool]],
@@ -93,6 +114,8 @@ def save_checkpoint(
             tensors[out[-1]["file"]] = lora.lora_state_dict(module)
         if out:
             layers[name] = out
+
+    assert_finite_state(tensors, path)
 
     def write(tmp: Path) -> None:
         for file, state in tensors.items():

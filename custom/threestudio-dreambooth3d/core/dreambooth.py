@@ -80,6 +80,11 @@ class DreamBoothConfig:
         if bad:
             raise ConfigError(f"checkpoint steps {bad} must lie in 1..max_steps ({self.max_steps})")
         self.checkpoint_steps = {k: int(v) for k, v in self.checkpoint_steps.items()}
+        for name, lr in (("learning_rate", self.learning_rate), ("text_encoder_learning_rate", self.text_encoder_learning_rate)):
+            if lr is not None and not (math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"{name} must be a finite number above 0, not {lr} (e.g. --lr 1e-4)")
+        if not self.class_noun.strip() or not self.identifier.strip():
+            raise ConfigError("class_noun and identifier must not be empty (they make the prompt 'a sks dog')")
         self.extra_images = [(str(p), str(c)) for p, c in self.extra_images]
 
     @property
@@ -331,6 +336,13 @@ class DreamBoothTrainer:
         self.scaler.update()
         return {k: v.item() for k, v in losses.items()}
 
+    def _diverged(self, what: str, step: int) -> TrainingDivergedError:
+        cfg = self.cfg
+        return TrainingDivergedError(
+            f"DreamBooth training diverged: {what} at step {step} (learning rate {cfg.lr:g}, mixed precision "
+            f"{cfg.mixed_precision}); no checkpoint was written at or after it. The same options diverge "
+            "again: lower --lr (e.g. to a tenth) or train in fp32 (--mixed-precision no), with a new --out.")
+
     def train(self, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> TrainResult:
         """Run (or resume) to ``max_steps``; ``on_step(step, losses)`` is called after each step."""
         cfg = self.cfg
@@ -342,15 +354,16 @@ class DreamBoothTrainer:
         for step in bar:
             record = {"step": step, **self.train_step(generator)}
             if not math.isfinite(record["loss"]):
-                raise TrainingDivergedError(
-                    f"DreamBooth training diverged: the loss became {record['loss']} at step {step} "
-                    f"(learning rate {cfg.lr:g}, mixed precision {cfg.mixed_precision}). Lower --lr "
-                    "(e.g. halve it) or train in fp32 (--mixed-precision no), then rerun with a new --out.")
+                raise self._diverged(f"the loss became {record['loss']}", step)
+            saving = step in ckpt_at or step % cfg.save_state_every == 0 or step == cfg.max_steps
+            bad = checkpoints.nonfinite_tensors(self._trainable_state()) if saving else []
+            if bad:  # the last update may have broken the weights with a finite loss: nothing NaN is saved
+                raise self._diverged(f"{len(bad)} trained tensors became NaN/inf (e.g. {bad[0]})", step)
             history.append(record)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
             if step in ckpt_at:
                 self.save_named_checkpoint(ckpt_at[step], step)
-            if step in ckpt_at or step % cfg.save_state_every == 0 or step == cfg.max_steps:
+            if saving:
                 self._save_state(step, generator, fingerprint, history)
             if on_step is not None:
                 on_step(step, record)

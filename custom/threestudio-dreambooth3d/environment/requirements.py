@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "imageio",
     "imageio-ffmpeg",
     "packaging",  # doctor: requirement checks
+    "filelock>=3.12",  # one process per output folder (pipeline/lock.py)
 ]
 
 # Every pure-Python (or wheel-shipped) package threestudio imports when it loads (launch.py

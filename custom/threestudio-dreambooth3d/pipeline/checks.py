@@ -1,12 +1,14 @@
 """Checks before anything slow starts: the photos, the prompt, the configs (the machine: ``doctor``)."""
 from __future__ import annotations
 
+import errno
 import re
+import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from .context import RunContext
-from ..errors import MissingFileError
+from ..errors import ConfigError, MissingFileError
 
 
 def check_prompt(prompt: str, identifier: str, class_noun: str) -> Optional[str]:
@@ -44,3 +46,25 @@ def check_configs(ctx: RunContext) -> None:
     if missing:
         raise MissingFileError(f"threestudio config {missing[0]} not found (preset {ctx.preset.name}); "
                                 "pass --configs DIR pointing at this project's configs/ folder.")
+
+
+def check_output_folder(out: Union[str, Path], flag: str = "--out") -> None:
+    """The output folder can be created and written: not a file, not on a read-only or
+    unwritable disk. Writes (and removes) one empty file to find out."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out} is a file, not a folder; pass a folder (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError as e:  # a file where a parent folder should be
+        raise ConfigError(f"{flag} {out}: {e.filename} is a file, not a folder; pass another {flag}.") from e
+    except NotADirectoryError as e:
+        raise ConfigError(f"{flag} {out}: a parent of it is a file, not a folder; pass another {flag}.") from e
+    except OSError as e:
+        why = {errno.EROFS: "the filesystem is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ENOSPC: "the disk is full",
+               errno.ENAMETOOLONG: "the name is too long"}.get(e.errno, e.strerror or str(e))
+        raise ConfigError(f"cannot write in {flag} {out} ({why}); pass {flag} a folder on a writable disk "
+                          "with free space.") from e

@@ -34,8 +34,13 @@ BASELINE_CONFIGS = {"dreamboothfusion": "dreamboothfusion-baseline.yaml",
                     "latentnerf": "latentnerf-dreambooth-baseline.yaml"}  # checkpoints of the first finetune the multi-view one may continue  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+def slug(text: str, max_len: int = 60) -> str:
+    """A folder name for a prompt (or class noun); a long one is cut and keeps a hash of the whole
+    text, so it stays a valid file name and two never collide."""
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+    if len(s) > max_len:
+        s = s[: max_len - 9].rstrip("-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return s
 
 
 @dataclass

@@ -42,7 +42,22 @@ def _tail(path: Path, n: int = TAIL_LINES) -> str:
 
 def run_cell(cell: Cell, gpu: Optional[str] = None) -> Dict[str, Any]:
     """Run one cell; ``gpu`` pins it with CUDA_VISIBLE_DEVICES (None: keep the environment's,
-    e.g. what Slurm assigned). Returns the record written to ``cell.json``."""
+    e.g. what Slurm assigned). Returns the record written to ``cell.json``.
+
+    The cell holds its folder's lock (its ``dreambooth3d run`` child works under it): a cell
+    another process is running is reported failed, naming that process, and left alone."""
+    from ..errors import FolderInUseError
+    from ..pipeline.lock import folder_lock
+
+    try:
+        with folder_lock(cell.out, argv=["dreambooth3d", "sweep", "cell", cell.key]):
+            return _run_cell(cell, gpu)
+    except FolderInUseError as e:
+        return {"key": cell.key, "fingerprint": cell.fingerprint, "status": FAILED, "error": str(e),
+                "log": str(cell.log_path)}
+
+
+def _run_cell(cell: Cell, gpu: Optional[str]) -> Dict[str, Any]:
     t0 = time.monotonic()
     base = {"key": cell.key, "fingerprint": cell.fingerprint, "seed": cell.seed, "log": str(cell.log_path),
             "host": socket.gethostname(), "gpu": gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES"),

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .dataset import Subject, fill_template
 from ..errors import MissingFileError, SweepInputError
 from ..fs import fingerprint
+from ..pipeline.context import slug  # noqa: F401  (cell folder names; re-exported)
 
 CELL_JSON = "cell.json"
 CELL_LOG = "cell.log"
@@ -42,16 +43,6 @@ PROGRESS_JSON = "progress.json"
 PROMPTS_DIR = "prompts"
 DONE, FAILED, RUNNING, PENDING = "done", "failed", "running", "pending"
 CLI = ["-m", "threestudio_dreambooth3d.cli"]
-
-
-def slug(text: str, max_len: int = 60) -> str:
-    """A folder name for a prompt; long ones keep a hash so two never collide."""
-    import re
-
-    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
-    if len(s) > max_len:
-        s = s[: max_len - 9].rstrip("-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return s
 
 
 def cell_seed(base_seed: int, subject: str, prompt: str, method: str) -> int:

@@ -1,0 +1,148 @@
+"""A run folder nothing can corrupt (issue 20): one process per folder, no non-finite weights
+written, options refused before any work. CI tier: tiny models, real subprocesses where it matters."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from threestudio_dreambooth3d.cli import main
+from threestudio_dreambooth3d.core import checkpoints
+from threestudio_dreambooth3d.errors import TrainingDivergedError
+
+CLI = [sys.executable, "-m", "threestudio_dreambooth3d.cli"]
+
+
+# -- 2. non-finite weights are never written -----------------------------------------------------
+
+def test_diverged_finetune_writes_no_checkpoint_and_says_what_to_change(tiny_sd_path, subject_dir, tmp_path, capsys):
+    # lr 1e3: the second update turns the LoRA weights to NaN while that step's loss was still finite
+    rc = main(["finetune", "--subject", str(subject_dir), "--class-noun", "dog", "--model", str(tiny_sd_path),
+               "--out", str(tmp_path), "--steps", "2", "--checkpoints", "partial=1,full=2", "--lr", "1e3",
+               "--num-class-images", "1", "--lora-rank", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "diverged" in err and "lower --lr" in err and "rerun the same command" not in err
+    assert "at step 2" in err
+    # step 1's checkpoint was finite and is kept; nothing of step 2 (NaN weights) is written
+    assert not (tmp_path / "checkpoints" / "full").exists()
+    for name, path in [("partial", tmp_path / "checkpoints" / "partial"), ("state", tmp_path / "state" / "latest.pt")]:
+        if path.is_dir():
+            from safetensors.torch import load_file
+            state = {f.name: load_file(str(f)) for f in path.glob("*.safetensors")}
+        else:
+            state = torch.load(path, weights_only=False)
+            assert state["step"] == 1
+        assert not checkpoints.nonfinite_tensors(state), name
+
+
+def test_no_checkpoint_with_a_nonfinite_tensor_is_written(tmp_path):
+    layer = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match="NaN/inf.*unet.safetensors/weight"):
+        checkpoints.save_checkpoint(tmp_path / "ckpt", {"unet": (layer, True)}, {"name": "x"})
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "0", "-1e-4", "abc"])
+def test_bad_learning_rate_is_refused_before_any_work(tiny_sd_path, subject_dir, tmp_path, capsys, lr):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--subject", str(subject_dir), "--class-noun", "dog", "--model", str(tiny_sd_path),
+              "--out", str(tmp_path / "o"), "--lr", lr])
+    assert e.value.code == 2
+    assert "--lr" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # no class images, nothing
+
+
+def test_config_refuses_a_nonfinite_learning_rate(tiny_sd_path, subject_dir, tmp_path):
+    from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig
+    from threestudio_dreambooth3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learning_rate must be a finite number above 0"):
+        DreamBoothConfig(pretrained_model=str(tiny_sd_path), subject_dir=str(subject_dir), class_noun="dog",
+                         output_dir=str(tmp_path), learning_rate=float("nan"))
+
+
+# -- 1. one process per output folder --------------------------------------------------------------
+
+_HOLD = """
+import sys, time
+from threestudio_dreambooth3d.pipeline.lock import folder_lock
+with folder_lock(sys.argv[1], argv=["dreambooth3d", "run", "--out", sys.argv[1]]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.mark.parametrize("command", ["run", "finetune"])
+def test_a_second_process_on_a_locked_folder_stops_at_once_naming_the_first(tmp_path, subject_dir, command):
+    out = tmp_path / "out"
+    holder = _hold_lock(out)
+    try:
+        argv = {"run": ["run", "--preset", "smoke", "--prompt", "a sks dog"],
+                "finetune": ["finetune", "--model", str(tmp_path / "no-model")]}[command]
+        t0 = time.monotonic()
+        second = subprocess.run(CLI + argv + ["--subject", str(subject_dir), "--class-noun", "dog", "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert time.monotonic() - t0 < 60
+        assert f"is in use by process {holder.pid}" in second.stderr
+        assert "dreambooth3d run --out" in second.stderr and " since " in second.stderr
+        assert holder.poll() is None  # the first one is untouched
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path):
+    from threestudio_dreambooth3d.pipeline.lock import INFO_FILE, folder_lock
+
+    holder = _hold_lock(tmp_path)
+    holder.kill()  # kill -9: no clean-up ran, the info file is still there
+    holder.wait()
+    assert (tmp_path / INFO_FILE).exists()
+    with folder_lock(tmp_path, argv=["me"]):
+        assert json.loads((tmp_path / INFO_FILE).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / INFO_FILE).exists()
+
+
+def test_a_child_of_the_holder_works_under_its_lock(tmp_path):
+    # a sweep cell locks its folder and runs `dreambooth3d run` there
+    code = ("import sys, subprocess\nfrom threestudio_dreambooth3d.pipeline.lock import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n"
+            "    sys.exit(subprocess.run([sys.executable, '-c', 'import sys\\n"
+            "from threestudio_dreambooth3d.pipeline.lock import folder_lock\\n"
+            "with folder_lock(sys.argv[1]): print(\"child ran\")', sys.argv[1]]).returncode)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "child ran" in proc.stdout
+
+
+def test_a_sweep_cell_another_process_runs_is_reported_and_left_alone(tmp_path):
+    from threestudio_dreambooth3d.sweep.cell import run_cell
+    from threestudio_dreambooth3d.sweep.plan import Cell
+
+    out = tmp_path / "cell"
+    marker = tmp_path / "ran"
+    touch = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    cell = Cell("dog", str(tmp_path), "dog", "{}", "a sks dog", "dreambooth3d", 0, str(out), touch, touch, "f")
+    holder = _hold_lock(out)
+    try:
+        record = run_cell(cell)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert record["status"] == "failed" and f"process {holder.pid}" in record["error"]
+    assert not marker.exists() and not cell.record_path.exists()  # nothing run, the live cell's record untouched
+    assert run_cell(cell)["status"] == "done" and marker.exists()  # its lock died with it
