@@ -146,3 +146,47 @@ def test_a_sweep_cell_another_process_runs_is_reported_and_left_alone(tmp_path):
     assert record["status"] == "failed" and f"process {holder.pid}" in record["error"]
     assert not marker.exists() and not cell.record_path.exists()  # nothing run, the live cell's record untouched
     assert run_cell(cell)["status"] == "done" and marker.exists()  # its lock died with it
+
+
+# -- 5. checked before any work ---------------------------------------------------------------------
+
+def test_out_that_is_a_file_is_refused(tmp_path, subject_dir, capsys):
+    (tmp_path / "f").write_text("x")
+    for out in (tmp_path / "f", tmp_path / "f" / "sub"):
+        rc = main(["run", "--preset", "smoke", "--subject", str(subject_dir), "--class-noun", "dog",
+                   "--prompt", "a sks dog", "--out", str(out)])
+        assert rc == 2
+        assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_out_on_a_read_only_disk_is_refused(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from threestudio_dreambooth3d.errors import ConfigError
+    from threestudio_dreambooth3d.pipeline.checks import check_output_folder
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # root ignores chmod; a real RO mount needs root
+    with pytest.raises(ConfigError, match="cannot write in --out .*read-only"):
+        check_output_folder(tmp_path / "o")
+
+
+def test_a_long_prompt_gives_a_bounded_default_folder():
+    from argparse import Namespace
+
+    from threestudio_dreambooth3d.cli.run import output_folder
+
+    a, b = ("a sks dog " + "very " * 400 + end for end in ("red", "blue"))
+    fa, fb = output_folder(Namespace(out=None, prompt=a)), output_folder(Namespace(out=None, prompt=b))
+    assert len(fa.name) <= 60 and fa != fb
+
+
+@pytest.mark.parametrize("command", ["run", "finetune"])
+def test_an_empty_class_noun_is_refused(tmp_path, subject_dir, capsys, command):
+    extra = ["--prompt", "a sks"] if command == "run" else []
+    with pytest.raises(SystemExit):
+        main([command, "--subject", str(subject_dir), "--class-noun", " ", "--out", str(tmp_path / "o"), *extra])
+    assert "--class-noun: must not be empty" in capsys.readouterr().err
