@@ -190,3 +190,15 @@ def test_an_empty_class_noun_is_refused(tmp_path, subject_dir, capsys, command):
     with pytest.raises(SystemExit):
         main([command, "--subject", str(subject_dir), "--class-noun", " ", "--out", str(tmp_path / "o"), *extra])
     assert "--class-noun: must not be empty" in capsys.readouterr().err
+
+
+def test_the_smoke_disk_check_asks_for_what_a_smoke_run_writes(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from threestudio_dreambooth3d.environment import doctor
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, 590 * 10**6))  # a smoke run wrote 583 MB
+    row = doctor.check_disk(tmp_path, doctor.MIN_FREE_BYTES["smoke"])
+    assert row.status == doctor.MISSING and "free some space" in row.fix

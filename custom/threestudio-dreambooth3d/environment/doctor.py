@@ -29,8 +29,9 @@ IMPORT_NAMES = {
     "opencv-python-headless": "cv2", "pytorch-lightning": "pytorch_lightning", "pymcubes": "mcubes",
     "libigl": "igl", "taming-transformers-rom1504": "taming", "ipython": "IPython", "pillow": "PIL",
 }
-# bytes a run writes (checkpoints, class images, videos); see pipeline/checks.py
-MIN_FREE_BYTES = {"default": 10 << 30, "smoke": 200 << 20}
+# bytes a run writes (checkpoints, class images, videos). smoke: measured, `du -sh OUT` after
+# `run --preset smoke` = 583 MB (two 289 MB Lightning checkpoints of stages 1 and 3), plus a margin
+MIN_FREE_BYTES = {"default": 10 << 30, "smoke": 700 << 20}
 
 OK, MISSING, WARN, INFO = "ok", "MISSING", "warn", "-"
 
