@@ -1,5 +1,5 @@
 """``dreambooth3d`` command line: finetune, run (whole pipeline), eval, sweep (many runs + a report),
-doctor (what this machine has).
+doctor (what this machine has), convert-mvdream (the released MVDream checkpoint -> a model folder).
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
 ``run(args)``, registered in :data:`SUBCOMMANDS`. The cli modules import nothing heavy
@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "eval": "threestudio_dreambooth3d.cli.eval",
     "sweep": "threestudio_dreambooth3d.cli.sweep",
     "doctor": "threestudio_dreambooth3d.cli.doctor",
+    "convert-mvdream": "threestudio_dreambooth3d.cli.convert_mvdream",
 }
 
 

@@ -108,10 +108,15 @@ def load_sd_components(
             "saved with StableDiffusionPipeline.save_pretrained or a hub id such as "
             "stabilityai/stable-diffusion-2-1-base."
         )
+    unet_cls = UNet2DConditionModel
+    if kw:
+        from .mvdream import MultiViewUNet, is_mvdream_folder
+
+        unet_cls = MultiViewUNet if is_mvdream_folder(model) else unet_cls  # MVDream: same folders, its UNet
     comps = SDComponents(
         tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
         text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype, **kw),
-        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kw),
+        unet=unet_cls.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kw),
         vae=AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **kw),
         scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
         source=model,
