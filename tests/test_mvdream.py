@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from threestudio_dreambooth3d.core.mvdream import (MultiViewUNet, is_mvdream_folder, load_mvdream_components,
-                                                   load_mvdream_unet, mvdream_camera, standard_cameras)
+from threestudio_dreambooth3d.core.mvdream import MultiViewUNet, is_mvdream_folder, mvdream_camera, standard_cameras
+from threestudio_dreambooth3d.core.sd_models import load_mvdream_components, load_mvdream_unet
 from threestudio_dreambooth3d.core.mvdream_convert import (convert_mvdream_checkpoint, diffusers_unet_config,
                                                            key_map, original_state_dict)
 from threestudio_dreambooth3d.errors import ConfigError, MissingFileError, ModelNotFoundError

@@ -19,17 +19,18 @@ Usage::
     eps = unet(latents, t, encoder_hidden_states=text, camera=camera, num_frames=4).sample
     eps_2d = unet(latents, t, encoder_hidden_states=text).sample  # 2D mode
 
+    from threestudio_dreambooth3d.core.sd_models import load_mvdream_components, load_mvdream_unet
     comps = load_mvdream_components(folder_or_checkpoint)      # SDComponents, unet is a MultiViewUNet
     unet = load_mvdream_unet(folder_or_checkpoint, device="cuda", dtype=torch.float16)
 
-A DreamBooth checkpoint (``dreambooth3d finetune --base-model mvdream``) loads through the
-same two functions: pass the checkpoint folder; its ``base_model`` names the MVDream folder.
+Those two loaders (in :mod:`.sd_models`, beside ``load_sd_components``) also take a
+DreamBooth checkpoint of ``dreambooth3d finetune --base-model mvdream``: pass the checkpoint
+folder; its ``base_model`` names the MVDream folder.
 The converter and the original checkpoint layout live in :mod:`.mvdream_convert`.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -165,31 +166,3 @@ def is_mvdream_folder(folder: PathLike) -> bool:
     if not config.is_file():
         return False
     return json.loads(config.read_text()).get("_class_name") == UNET_CLASS_NAME
-
-
-def load_mvdream_components(source: PathLike, device: Optional[Union[str, torch.device]] = None,
-                            dtype: torch.dtype = torch.float32, merge_lora: bool = True):
-    """:class:`~.sd_models.SDComponents` of a converted MVDream folder or of a DreamBooth
-    checkpoint trained on one (its ``base_model`` is the folder)."""
-    from . import checkpoints
-    from .sd_models import load_sd_components
-    from ..errors import ModelNotFoundError
-
-    source = Path(source)
-    checkpoint = None
-    if checkpoints.is_checkpoint(source):
-        checkpoint, source = source, Path(checkpoints.read_meta(source)["base_model"])
-    if not is_mvdream_folder(source):
-        raise ModelNotFoundError(
-            f"{source} is not an MVDream model folder (unet/config.json does not name {UNET_CLASS_NAME}). "
-            "Convert the released checkpoint first: dreambooth3d convert-mvdream sd-v2.1-base-4view.pt "
-            "--base stabilityai/stable-diffusion-2-1-base --out FOLDER")
-    return load_sd_components(source, checkpoint=checkpoint, device=device, dtype=dtype, merge_lora=merge_lora)
-
-
-def load_mvdream_unet(source: PathLike, device: Optional[Union[str, torch.device]] = None,
-                      dtype: torch.dtype = torch.float32) -> MultiViewUNet:
-    """The (personalised) multi-view UNet of a converted folder or a DreamBooth checkpoint,
-    LoRA merged, frozen, in eval mode: what the multi-view SDS guidance calls."""
-    comps = load_mvdream_components(source, device=device, dtype=dtype)
-    return comps.unet.requires_grad_(False).eval()

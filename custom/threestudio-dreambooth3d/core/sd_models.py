@@ -128,3 +128,30 @@ def load_sd_components(
     if device is not None:
         comps.to(device)
     return comps
+
+
+def load_mvdream_components(source: Union[str, Path], device: Optional[Union[str, torch.device]] = None,
+                            dtype: torch.dtype = torch.float32, merge_lora: bool = True) -> SDComponents:
+    """:class:`SDComponents` of a converted MVDream folder or of a DreamBooth
+    checkpoint trained on one (its ``base_model`` is the folder)."""
+    from . import checkpoints
+    from .mvdream import UNET_CLASS_NAME, is_mvdream_folder
+
+    source = Path(source)
+    checkpoint = None
+    if checkpoints.is_checkpoint(source):
+        checkpoint, source = source, Path(checkpoints.read_meta(source)["base_model"])
+    if not is_mvdream_folder(source):
+        raise ModelNotFoundError(
+            f"{source} is not an MVDream model folder (unet/config.json does not name {UNET_CLASS_NAME}). "
+            "Convert the released checkpoint first: dreambooth3d convert-mvdream sd-v2.1-base-4view.pt "
+            "--base stabilityai/stable-diffusion-2-1-base --out FOLDER")
+    return load_sd_components(source, checkpoint=checkpoint, device=device, dtype=dtype, merge_lora=merge_lora)
+
+
+def load_mvdream_unet(source: Union[str, Path], device: Optional[Union[str, torch.device]] = None,
+                      dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The (personalised) multi-view UNet of a converted folder or a DreamBooth checkpoint,
+    LoRA merged, frozen, in eval mode: what the multi-view SDS guidance calls."""
+    comps = load_mvdream_components(source, device=device, dtype=dtype)
+    return comps.unet.requires_grad_(False).eval()
