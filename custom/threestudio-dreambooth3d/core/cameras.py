@@ -233,3 +233,57 @@ def select_cameras(cameras: Dict[str, object], index) -> Dict[str, object]:
         index = [index]
     return {k: (v[index] if isinstance(v, torch.Tensor) else v) for k, v in cameras.items()}
 
+
+
+def multiview_cameras(n_objects: int, n_view: int = 4, elevation_range_deg: Tuple[float, float] = (0.0, 30.0),
+                      azimuth_range_deg: Tuple[float, float] = (-180.0, 180.0),
+                      distance_range: Tuple[float, float] = (0.8, 1.0), fovy_range_deg: Tuple[float, float] = (15.0, 60.0),
+                      relative_radius: bool = True, height: int = 64, width: int = 64,
+                      light_distance_range: Tuple[float, float] = (0.8, 1.5), light_position_perturb: float = 1.0,
+                      generator: Optional[torch.Generator] = None, with_rays: bool = False) -> Dict[str, object]:
+    """``n_objects`` sets of ``n_view`` cameras, as MVDream-threestudio's random multi-view datamodule.
+
+    Per object: one elevation (a coin flip per call chooses uniform in angle or uniform on
+    the sphere, as the original's per-batch flip), one fovy, one distance, one light
+    distance and light offset; azimuths ``a0 + k * span / n_view`` (k = 0..n_view-1) with
+    ``a0`` uniform in the first ``span / n_view``, so the views sit at equal gaps around the
+    object. ``relative_radius`` (the original's default) scales the distance by
+    ``1 / tan(fovy / 2)``, so the object fills the same part of the image at any fovy.
+    Lights follow threestudio's "dreamfusion" strategy (near the camera). Camera/centre/up
+    perturbations are left out (MVDream's config sets them to 0). The views of one object
+    are consecutive: ``[obj0 v0..v3, obj1 v0..v3, ...]``; ``fovy`` in radians, angles in
+    degrees, as :func:`camera_batch`. ``generator`` makes the draw reproducible.
+    """
+    if n_objects < 1 or n_view < 1:
+        raise ValueError(f"need n_objects >= 1 and n_view >= 1, got {n_objects}, {n_view}")
+    ranges = {"elevation_range_deg": elevation_range_deg, "azimuth_range_deg": azimuth_range_deg,
+              "distance_range": distance_range, "fovy_range_deg": fovy_range_deg,
+              "light_distance_range": light_distance_range}
+    for name, r in ranges.items():
+        if len(r) != 2 or float(r[0]) > float(r[1]):
+            raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {list(r)}")
+    e_lo, e_hi = max(float(elevation_range_deg[0]), -89.0), min(float(elevation_range_deg[1]), 89.0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    def per_object(lo: float, hi: float) -> torch.Tensor:
+        return (rand(n_objects) * (float(hi) - float(lo)) + float(lo)).repeat_interleave(n_view)
+
+    if float(rand(1)) < 0.5:
+        elevation = per_object(e_lo, e_hi)
+    else:  # uniform on the sphere between the two elevations (inverse-transform sampling)
+        sin_lo, sin_hi = math.sin(math.radians(e_lo)), math.sin(math.radians(e_hi))
+        elevation = torch.rad2deg(torch.asin(per_object(sin_lo, sin_hi)))
+    a_lo, a_hi = float(azimuth_range_deg[0]), float(azimuth_range_deg[1])
+    azimuth = ((rand(n_objects, 1) + torch.arange(n_view)[None]) / n_view).reshape(-1) * (a_hi - a_lo) + a_lo
+    fovy = per_object(*fovy_range_deg)
+    distance = per_object(*distance_range)
+    if relative_radius:
+        distance = distance / torch.tan(0.5 * torch.deg2rad(fovy))
+    batch = camera_from_spherical(elevation, azimuth, distance, fovy, height, width, with_rays=with_rays)
+    light_distance = per_object(*light_distance_range)
+    offset = (torch.randn(n_objects, 3, generator=generator) * light_position_perturb).repeat_interleave(n_view, 0)
+    light_direction = F.normalize(batch["camera_positions"] + offset, dim=-1)
+    batch["light_positions"] = light_direction * light_distance[:, None]
+    return batch
