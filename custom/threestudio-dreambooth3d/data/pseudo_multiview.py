@@ -148,11 +148,12 @@ class PseudoMultiviewIterableDataset(RandomCameraIterableDataset):
 @threestudio.register("pseudo-multiview-datamodule")
 class PseudoMultiviewDataModule(RandomCameraDataModule):
     cfg: PseudoMultiviewDataModuleConfig
+    config_class = PseudoMultiviewDataModuleConfig  # a subclass's wider config parses here
 
     def __init__(self, cfg: Optional[dict] = None) -> None:
         # skip RandomCameraDataModule.__init__: it parses cfg with its own (narrower) config class
         super(RandomCameraDataModule, self).__init__()
-        self.cfg = parse_structured(PseudoMultiviewDataModuleConfig, cfg)
+        self.cfg = parse_structured(self.config_class, cfg)
         if self.cfg.test_cameras not in TEST_CAMERAS:
             raise ValueError(f"data.test_cameras must be one of {', '.join(TEST_CAMERAS)}, not {self.cfg.test_cameras!r}")
 
