@@ -13,7 +13,8 @@ def load_config(path, *overrides: str):
 
     return ts_load_config(str(path), cli_args=list(overrides), n_gpus=1)
 
-OUR_NAMES = ("dreambooth-sds-guidance", "dreambooth-prompt-processor", "pseudo-multiview-datamodule", "dreambooth3d-system")
+OUR_NAMES = ("dreambooth-sds-guidance", "dreambooth-prompt-processor", "pseudo-multiview-datamodule", "dreambooth3d-system",
+             "dreambooth-mvdream-guidance", "dreambooth-multiview-camera-datamodule", "dreambooth-mixed-guidance")
 MODEL_SECTIONS = ("geometry_type", "geometry", "material_type", "material", "background_type", "background",
                   "renderer_type", "renderer")
 # our system's configs; latentnerf-dreambooth-baseline.yaml is threestudio's latentnerf-system
@@ -36,25 +37,70 @@ def overrides_for(path: Path, tmp_path: Path):
         out.append(f"system.pseudo_views_dir={tmp_path / 'pseudo'}")
     if "stage3" in path.name:
         out.append(f"data.pseudo_views_dir={tmp_path / 'pseudo'}")
+    if "mvdream" in path.name:
+        out.append("system.guidance.pretrained_model_name_or_path=MV")  # a converted MVDream folder
     return out
+
+
+MV_CONFIGS = ("dreambooth3d-mvdream-stage1.yaml", "dreambooth3d-mvdream-stage3.yaml")
+DATAMODULES = {"pseudo-multiview-datamodule": "PseudoMultiviewDataModule",
+               "dreambooth-multiview-camera-datamodule": "MultiviewCameraDataModule"}
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
 def test_config_parses_with_threestudio_loader(threestudio, path, tmp_path):
     cfg = load_config(path, *overrides_for(path, tmp_path))
     assert threestudio.find(cfg.system_type) is threestudio.find("dreambooth3d-system")
-    assert threestudio.find(cfg.data_type) is threestudio.find("pseudo-multiview-datamodule")
+    expected_data = "dreambooth-multiview-camera-datamodule" if path.name in MV_CONFIGS else "pseudo-multiview-datamodule"
+    assert cfg.data_type == expected_data
     sys_cfg = threestudio.find(cfg.system_type).Config
     # the system's and datamodule's structured configs accept every key the file sets
     OmegaConf.structured(sys_cfg(**cfg.system))
-    from threestudio_dreambooth3d.data.pseudo_multiview import PseudoMultiviewDataModuleConfig
-
-    OmegaConf.structured(PseudoMultiviewDataModuleConfig(**cfg.data))
+    OmegaConf.structured(threestudio.find(cfg.data_type).config_class(**cfg.data))
     # the prompt processor follows the guidance's model and checkpoint
     pp, g = cfg.system.prompt_processor, cfg.system.guidance
     assert (pp.pretrained_model_name_or_path, pp.checkpoint, pp.checkpoint_name) == (
         g.pretrained_model_name_or_path, g.checkpoint, g.checkpoint_name)
     assert cfg.tag == "a_sks_dog"
+
+
+def test_mvdream_stages_are_mvdream_threestudios_sizes_on_our_nerf(threestudio, tmp_path):
+    """64 px x 8 views then 256 px x 4 from step 5000, 4-view objects, the multi-view guidance with the
+    partial then the multi-view checkpoint; the NeRF is the 2D stages' (stage 2 loads it)."""
+    stage2 = load_config(CONFIGS / "dreambooth3d-stage2.yaml", *overrides_for(CONFIGS / "dreambooth3d-stage2.yaml", tmp_path))
+    names = []
+    for name in MV_CONFIGS:
+        cfg = load_config(CONFIGS / name, *overrides_for(CONFIGS / name, tmp_path))
+        assert (list(cfg.data.width), list(cfg.data.batch_size), list(cfg.data.resolution_milestones), cfg.data.n_view) == (
+            [64, 256], [8, 4], [5000], 4)
+        g = cfg.system.guidance
+        assert threestudio.find(cfg.system.guidance_type) is threestudio.find("dreambooth-mvdream-guidance")
+        OmegaConf.structured(threestudio.find(cfg.system.guidance_type).Config(**g))
+        assert (g.guidance_scale, g.recon_loss, g.recon_std_rescale) == (50.0, True, 0.5)
+        assert list(g.min_step_percent) == [0, 0.98, 0.02, 8000] and list(g.max_step_percent) == [0, 0.98, 0.50, 8000]
+        for key in MODEL_SECTIONS:
+            assert cfg.system[key] == stage2.system[key], (name, key)
+        names.append(g.checkpoint_name)
+    assert names == ["partial", "multiview"]
+
+
+def test_mix_config_weighs_the_2d_and_the_multiview_sds(threestudio, tmp_path):
+    path = CONFIGS / "mix" / "dreambooth3d-mvdream-mix.yaml"
+    cfg = load_config(path, 'system.prompt_processor.prompt="a sks dog"', f"exp_root_dir={tmp_path}",
+                      "system.guidance.sd_guidance.checkpoint=SD_CKPT", "system.guidance.mv_guidance.checkpoint=MV_CKPT",
+                      "system.guidance.mv_guidance.pretrained_model_name_or_path=MV", "system.loss.lambda_sds_2d=0.25")
+    assert threestudio.find(cfg.system.guidance_type) is threestudio.find("dreambooth-mixed-guidance")
+    OmegaConf.structured(threestudio.find("dreambooth3d-system").Config(**cfg.system))
+    g = cfg.system.guidance
+    OmegaConf.structured(threestudio.find("dreambooth-sds-guidance").Config(**g.sd_guidance))
+    OmegaConf.structured(threestudio.find("dreambooth-mvdream-guidance").Config(**g.mv_guidance))
+    # each model embeds with its own checkpoint's text encoder, the same prompt
+    assert (g.sd_prompt_processor.checkpoint, g.sd_prompt_processor.prompt) == ("SD_CKPT", "a sks dog")
+    assert (cfg.system.prompt_processor.checkpoint, cfg.system.prompt_processor.pretrained_model_name_or_path) == (
+        "MV_CKPT", "MV")
+    # the guidance's loss_sds_2d / loss_sds_mv meet a weight each (DreamFusion's lambda_<name>)
+    assert (cfg.system.loss.lambda_sds_2d, cfg.system.loss.lambda_sds_mv) == (0.25, 1.0)
+    assert "lambda_sds" not in cfg.system.loss
 
 
 def test_stages_share_one_nerf(threestudio, tmp_path):
