@@ -30,7 +30,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .sds import _per_item, add_noise, autocast_off, encode_images, sample_timesteps, to_epsilon
+from .guidance_math import add_noise, autocast_off, per_item, sample_timesteps, to_epsilon
+from .vae import encode_images
 
 
 @dataclass
@@ -63,7 +64,7 @@ def object_timesteps(batch_size: int, n_view: int, min_step: int, max_step: int,
 def predict_x0(latents_noisy: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
                alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The one-step clean-latent estimate from a noise prediction (DDPM's predict_start_from_noise)."""
-    ab = _per_item(alphas_cumprod.to(latents_noisy.device), t).to(latents_noisy.dtype)
+    ab = per_item(alphas_cumprod.to(latents_noisy.device), t).to(latents_noisy.dtype)
     return (latents_noisy - (1 - ab).sqrt() * eps) / ab.sqrt()
 
 
@@ -139,7 +140,7 @@ def multiview_sds_grad(unet: Callable, latents: torch.Tensor, text_embeddings: t
             target = x0
             grad = (latents.detach() - target) / latents.shape[0]
         else:
-            grad = _per_item(1 - alphas_cumprod, t).to(latents.dtype) * (eps - noise)
+            grad = per_item(1 - alphas_cumprod, t).to(latents.dtype) * (eps - noise)
             if cfg.grad_clip is not None:
                 grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
             grad = torch.nan_to_num(grad)
