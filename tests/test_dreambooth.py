@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -15,7 +16,7 @@ def make_cfg(tiny_sd_path, subject_dir, out, **kw):
     base = dict(
         pretrained_model=str(tiny_sd_path), subject_dir=str(subject_dir), class_noun="dog",
         output_dir=str(out), num_class_images=2, class_inference_steps=2, max_steps=6,
-        checkpoint_steps={"partial": 2, "full": 6}, learning_rate=1e-3, lora_rank=4, save_state_every=2,
+        checkpoint_steps={"partial": 2, "full": 6}, learning_rate=1e-3, lora_rank=4,
     )
     base.update(kw)
     return DreamBoothConfig(**base)
@@ -119,8 +120,10 @@ def test_crash_keeps_finished_checkpoint_and_rerun_resumes_to_the_same_weights(t
             raise Crash
 
     out = tmp_path / "crashy"
+    crashy = DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, out, save_state_minutes=2 / 60))
+    crashy.clock = itertools.count().__next__  # a fake clock read once per step: "1 s" per step, a state every 2 s
     with pytest.raises(Crash):
-        DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, out)).train(on_step=crash_at_5)
+        crashy.train(on_step=crash_at_5)
     partial = out / "checkpoints" / "partial"
     assert checkpoints.read_meta(partial)["step"] == 2
     assert not (out / "checkpoints" / "full").exists()

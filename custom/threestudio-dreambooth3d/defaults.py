@@ -11,6 +11,6 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 TrainMode = Literal["lora", "full"]
 TRAIN_MODES = get_args(TrainMode)
 
-# autocast dtype for DreamBooth training on CUDA ("no": fp32)
-MixedPrecision = Literal["no", "fp16", "bf16"]
+# autocast dtype for DreamBooth training ("auto": bf16 where the GPU has it, else fp16; fp32 on a CPU)
+MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 MIXED_PRECISIONS = get_args(MixedPrecision)

@@ -82,3 +82,7 @@ class TrainingDivergedError(DreamBooth3DError, FloatingPointError):
 
 class FolderInUseError(DreamBooth3DError, RuntimeError):
     """Another live process holds the output folder's lock; the message names it."""
+
+
+class MissingDependencyError(DreamBooth3DError, ImportError):
+    """An optional package an option needs is not installed (the message names the pip command)."""

@@ -88,8 +88,17 @@ class FinetuneOptions:
         "multi-view finetuning: folder of extra images, each with a caption IMAGE_STEM.txt "
         "(e.g. a stage-2 pseudo-view set's images/ folder)", None)
     init_checkpoint: Optional[str] = _option("continue from this checkpoint (multi-view finetuning)", None)
-    mixed_precision: str = _option("autocast on CUDA (default no)", "no", choices=MIXED_PRECISIONS)
-    gradient_checkpointing: bool = _option("trade compute for memory on GPU", False, action="store_true")
+    mixed_precision: str = _option("autocast dtype; trained weights and optimizer state stay fp32 (default auto: "
+                                   "bf16 on a GPU that has it, else fp16; fp32 on a CPU)", "auto",
+                                   choices=MIXED_PRECISIONS)
+    gradient_checkpointing: Optional[bool] = _option(
+        "recompute activations in the backward pass: less GPU memory, slower steps "
+        "(default: on with --mode full, off with lora)", None, action=argparse.BooleanOptionalAction)
+    use_8bit_adam: bool = _option("bitsandbytes' 8-bit AdamW: optimizer state 2 instead of 8 bytes per trained "
+                                  "parameter (pip install 'threestudio-dreambooth3d[8bit]')", False,
+                                  action="store_true")
+    save_state_minutes: float = _option("write the resumable training state (OUT/state/latest.pt, replaced each "
+                                        "time) this often and at the end (default 10)", 10.0, float)
     seed: int = _option("random seed (default 0)", 0, int)
     device: Optional[str] = _option("cuda, cuda:1, cpu (default: cuda if available)", None)
 
@@ -152,6 +161,8 @@ class FinetuneOptions:
             train_text_encoder=self.train_text_encoder,
             mixed_precision=self.mixed_precision,
             gradient_checkpointing=self.gradient_checkpointing,
+            use_8bit_adam=self.use_8bit_adam,
+            save_state_minutes=self.save_state_minutes,
             seed=self.seed,
             device=self.device,
         )

@@ -108,7 +108,9 @@ def save_checkpoint(
         if base_changed:
             # the LoRA run's own file keeps the plain name; the full weights under it are its base
             out.append({"kind": "full", "file": f"{name}.base.safetensors" if adapter else f"{name}.safetensors"})
-            tensors[out[-1]["file"]] = lora.base_state_dict(module)
+            # fp32 on disk even where mixed-precision training stored the frozen base in half
+            tensors[out[-1]["file"]] = {k: v.float() if v.is_floating_point() else v
+                                        for k, v in lora.base_state_dict(module).items()}
         if adapter:
             out.append({"kind": "lora", "file": f"{name}.safetensors", "rank": adapter[0], "alpha": adapter[1]})
             tensors[out[-1]["file"]] = lora.lora_state_dict(module)

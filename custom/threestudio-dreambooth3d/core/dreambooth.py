@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from contextlib import nullcontext
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints
 from . import lora
+from . import train_options as opts
 from .sd_models import SDComponents, load_sd_components, resolve_device
 from .subject import load_images, load_subject_images, sha256_files
 from ..defaults import MIXED_PRECISIONS, TRAIN_MODES, MixedPrecision, TrainMode
@@ -65,9 +66,10 @@ class DreamBoothConfig:
     train_text_encoder: bool = False
     text_encoder_learning_rate: Optional[float] = None  # default: learning_rate
     max_grad_norm: float = 1.0
-    mixed_precision: MixedPrecision = "no"  # CUDA only
-    gradient_checkpointing: bool = False
-    save_state_every: int = 100
+    mixed_precision: MixedPrecision = "auto"  # bf16/fp16 on CUDA, fp32 on a CPU (train_options.select_amp_dtype)
+    gradient_checkpointing: Optional[bool] = None  # default: on in full mode
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit (pip install threestudio-dreambooth3d[8bit])
+    save_state_minutes: float = 10.0  # resumable state: written this often and at the end
     seed: int = 0
     device: Optional[str] = None
 
@@ -76,6 +78,8 @@ class DreamBoothConfig:
             raise ConfigError(f"mode must be one of {', '.join(TRAIN_MODES)}, not {self.mode!r}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, not {self.mixed_precision!r}")
+        if not self.save_state_minutes > 0:
+            raise ConfigError(f"save_state_minutes must be > 0, not {self.save_state_minutes}")
         bad = {k: s for k, s in self.checkpoint_steps.items() if not 0 < int(s) <= self.max_steps}
         if bad:
             raise ConfigError(f"checkpoint steps {bad} must lie in 1..max_steps ({self.max_steps})")
@@ -114,7 +118,7 @@ class TrainResult:
 def run_fingerprint(cfg: DreamBoothConfig, subject_paths: Sequence[Path]) -> str:
     """What must match for a saved training state to be resumed."""
     d = asdict(cfg)
-    for k in ("output_dir", "device", "save_state_every", "class_images_dir"):
+    for k in ("output_dir", "device", "save_state_minutes", "class_images_dir", "gradient_checkpointing"):
         d.pop(k)
     d["subject_digest"] = sha256_files(subject_paths)
     d["extra_digest"] = sha256_files([p for p, _ in cfg.extra_images])
@@ -145,9 +149,15 @@ def ensure_class_images(cfg: DreamBoothConfig, components: SDComponents) -> List
 class DreamBoothTrainer:
     """Build with a config, call :meth:`train`. See the module docstring for what it caches."""
 
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # read once per step by the state-save policy
+
     def __init__(self, cfg: DreamBoothConfig, components: Optional[SDComponents] = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        # precision is settled before anything loads (fp16 on a CPU is refused here)
+        self.amp_dtype = opts.select_amp_dtype(cfg.mixed_precision, self.device.type,
+                                               opts.device_supports_bf16(self.device))
+        opts.enable_tf32(self.device)
         self.out = Path(cfg.output_dir)
         self.components = components or load_sd_components(cfg.pretrained_model)
         self.components.to(self.device).freeze()
@@ -196,16 +206,15 @@ class DreamBoothTrainer:
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
-        if cfg.gradient_checkpointing:
-            comps.unet.enable_gradient_checkpointing()
-            if cfg.train_text_encoder:
-                comps.text_encoder.gradient_checkpointing_enable()
+        opts.cast_frozen(comps.modules(), self.amp_dtype)
+        if opts.wants_gradient_checkpointing(cfg.gradient_checkpointing, cfg.mode):
+            opts.enable_gradient_checkpointing(comps.unet, comps.text_encoder if cfg.train_text_encoder else None)
         groups = [{"params": [p for p in comps.unet.parameters() if p.requires_grad], "lr": cfg.lr}]
         if cfg.train_text_encoder:
             groups.append({"params": [p for p in comps.text_encoder.parameters() if p.requires_grad],
                            "lr": cfg.text_encoder_learning_rate or cfg.lr})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=1e-2)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision == "fp16" and self.device.type == "cuda")
+        self.optimizer = opts.make_optimizer(groups, cfg.use_8bit_adam)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     @torch.no_grad()
     def _encode_pixels(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -323,9 +332,7 @@ class DreamBoothTrainer:
     def train_step(self, generator: torch.Generator) -> Dict[str, float]:
         """One optimiser step on a fresh batch; returns its losses (floats)."""
         cfg = self.cfg
-        amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision)
-        autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype and self.device.type == "cuda" else nullcontext()
-        with autocast:
+        with opts.autocast(self.device, self.amp_dtype):
             losses = self.loss(self.sample_batch(generator), generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
@@ -350,12 +357,15 @@ class DreamBoothTrainer:
         fingerprint = run_fingerprint(cfg, self.subject_paths)
         start, history = self._load_state(fingerprint, generator)
         ckpt_at = {s: n for n, s in cfg.checkpoint_steps.items()}
+        saves = opts.StateSavePolicy(cfg.save_state_minutes * 60, self.clock())
         bar = tqdm(range(start + 1, cfg.max_steps + 1), initial=start, total=cfg.max_steps, desc="DreamBooth")
         for step in bar:
             record = {"step": step, **self.train_step(generator)}
             if not math.isfinite(record["loss"]):
                 raise self._diverged(f"the loss became {record['loss']}", step)
-            saving = step in ckpt_at or step % cfg.save_state_every == 0 or step == cfg.max_steps
+            now = self.clock()
+            save_state = saves.due(step, cfg.max_steps, now)
+            saving = step in ckpt_at or save_state
             bad = checkpoints.nonfinite_tensors(self._trainable_state()) if saving else []
             if bad:  # the last update may have broken the weights with a finite loss: nothing NaN is saved
                 raise self._diverged(f"{len(bad)} trained tensors became NaN/inf (e.g. {bad[0]})", step)
@@ -363,8 +373,9 @@ class DreamBoothTrainer:
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
             if step in ckpt_at:
                 self.save_named_checkpoint(ckpt_at[step], step)
-            if saving:
+            if save_state:
                 self._save_state(step, generator, fingerprint, history)
+                saves.saved(now)
             if on_step is not None:
                 on_step(step, record)
         bar.close()

@@ -157,23 +157,15 @@ def _save_pipeline(components: Dict[str, object], folder: Path) -> Path:
     return folder
 
 
-def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
-    """Stable Diffusion 2.1-base shapes with random weights, saved like :func:`save_tiny_sd`.
-
-    Same configs as ``stabilityai/stable-diffusion-2-1-base`` (UNet, VAE, OpenCLIP-H
-    text encoder, epsilon prediction at 512 px) so benchmarks measure real time and
-    memory without downloading weights. Only the tokenizer is the tiny one: token ids
-    stay below SD's 49408-entry vocabulary, so the embedding table keeps its real size.
-    About 5 GB on disk (fp32); an existing folder is reused.
-    """
+def sd21_base_components(seed: int = 0) -> Dict[str, object]:
+    """Stable Diffusion 2.1-base components with random weights (UNet, VAE, OpenCLIP-H-sized text
+    encoder, the tiny tokenizer, SD's scheduler). Built under ``torch.device("meta")`` they cost no
+    memory: the memory estimates count their parameters that way."""
     import tempfile
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
-    folder = Path(folder)
-    if (folder / "model_index.json").exists():
-        return folder
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -206,9 +198,23 @@ def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
     text_encoder = _clip_text_encoder(tokenizer, vocab_size=49408, hidden_size=1024, intermediate_size=4096,
                                       num_attention_heads=16, num_hidden_layers=23, hidden_act="gelu",
                                       projection_dim=512)
-    components = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
-                  "scheduler": _sd_scheduler()}
-    return _save_pipeline(components, folder)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "scheduler": _sd_scheduler()}
+
+
+def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
+    """Stable Diffusion 2.1-base shapes with random weights, saved like :func:`save_tiny_sd`.
+
+    Same configs as ``stabilityai/stable-diffusion-2-1-base`` (UNet, VAE, OpenCLIP-H
+    text encoder, epsilon prediction at 512 px) so benchmarks measure real time and
+    memory without downloading weights. Only the tokenizer is the tiny one: token ids
+    stay below SD's 49408-entry vocabulary, so the embedding table keeps its real size.
+    About 5 GB on disk (fp32); an existing folder is reused.
+    """
+    folder = Path(folder)
+    if (folder / "model_index.json").exists():
+        return folder
+    return _save_pipeline(sd21_base_components(seed), folder)
 
 
 def make_subject_images(folder: Union[str, Path], n: int = 4, size: int = 64,
