@@ -28,6 +28,8 @@ setup(
     extras_require={
         # submitit: the sweep's cluster path is tested with its local executor
         "test": ["pytest>=7", "pytest-timeout", "submitit>=1.5"],
+        # `dreambooth3d finetune --use-8bit-adam` (8-bit AdamW optimizer state)
+        "8bit": ["bitsandbytes>=0.43"],
         # `dreambooth3d sweep --executor slurm`
         "cluster": ["submitit>=1.5"],
         # what threestudio imports when it loads (see environment/requirements.py)

@@ -113,6 +113,7 @@ def main(argv=None) -> dict:
     device = common.setup(args)
     model = common.resolve_model(args.model, args.models_dir)
 
+    from threestudio_dreambooth3d.core import train_options
     from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, DreamBoothTrainer
     from threestudio_dreambooth3d.core.sd_models import load_sd_components
     from threestudio_dreambooth3d.tiny_models.sd import make_subject_images
@@ -140,13 +141,19 @@ def main(argv=None) -> dict:
         prior_loss_weight=cfg.prior_loss_weight, batch_size=cfg.batch_size, device=device, seed=cfg.seed,
     )
     generator = torch.Generator().manual_seed(cfg.seed)
-    variants = {"ours (DreamBoothTrainer)": lambda: trainer.train_step(generator), "re-encode every step": reference.step}
+
+    def reference_step() -> float:
+        # the example script runs under accelerate's autocast: the same dtype as ours
+        with train_options.autocast(device, trainer.amp_dtype):
+            return reference.step()
+
+    variants = {"ours (DreamBoothTrainer)": lambda: trainer.train_step(generator), "re-encode every step": reference_step}
     memory = common.PeakMemory(device)
     results = common.compare(variants, device, args.steps, args.warmup, args.repeats, memory)
     extra = {
         "setup": (f"{cfg.mode} rank {cfg.lora_rank}, batch {cfg.batch_size} instance + {cfg.batch_size} class, "
                   f"{components.resolution} px, {sum(p.numel() for p in params) / 1e6:.2f}M trainable params, "
-                  f"mixed_precision={cfg.mixed_precision}"),
+                  f"mixed_precision={cfg.mixed_precision} (autocast {trainer.amp_dtype or 'off'})"),
     }
     ours, ref = variants
     summary = common.report("DreamBooth training step", args, device, results, ours, ref, memory, extra)

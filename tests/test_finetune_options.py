@@ -32,6 +32,8 @@ NON_DEFAULT = [
     ("--init-checkpoint", "ckpt", "init_checkpoint", "ckpt"),
     ("--mixed-precision", "bf16", "mixed_precision", "bf16"),
     ("--gradient-checkpointing", None, "gradient_checkpointing", True),
+    ("--use-8bit-adam", None, "use_8bit_adam", True),
+    ("--save-state-minutes", "2.5", "save_state_minutes", 2.5),
     ("--seed", "5", "seed", 5),
     ("--device", "cpu", "device", "cpu"),
 ]

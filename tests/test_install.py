@@ -28,7 +28,8 @@ def _option_help(formatted: str, option: str) -> str:
         text = line.strip()
         return text.split(", ", 1)[1] if text.startswith("-") and not text.startswith("--") and ", " in text else text
 
-    start = next(i for i, line in enumerate(lines) if (names(line) + " ").startswith(option + " "))
+    # "--flag, --no-flag  help" (BooleanOptionalAction) names two options on one line
+    start = next(i for i, line in enumerate(lines) if (names(line) + " ").startswith((option + " ", option + ", ")))
     block = [lines[start]]
     for line in lines[start + 1:]:
         if line.startswith("  -"):

@@ -171,3 +171,19 @@ def test_sd21_parameter_counts_match_the_real_configs():
         lora.add_lora(comps[name], 16, 16, targets)
         n = sum(p.numel() for k, p in comps[name].named_parameters() if "lora_" in k)
         assert n == opts.SD21_BASE_LORA16_PARAMS[name]
+
+
+def test_finetune_cli_options_reach_the_trainer_config(tiny_sd_path, subject_dir, tmp_path, capsys):
+    from threestudio_dreambooth3d.cli import main
+    from threestudio_dreambooth3d.finetune_options import FinetuneOptions
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    assert "--use-8bit-adam" in capsys.readouterr().out
+    base = ["--subject", str(subject_dir), "--class-noun", "dog", "--out", str(tmp_path)]
+    default = FinetuneOptions.parse(base).dreambooth_config()
+    assert (default.mixed_precision, default.gradient_checkpointing, default.use_8bit_adam) == ("auto", None, False)
+    cfg = FinetuneOptions.parse(base + ["--use-8bit-adam", "--no-gradient-checkpointing", "--mixed-precision", "bf16",
+                                        "--save-state-minutes", "2.5"]).dreambooth_config()
+    assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.use_8bit_adam, cfg.save_state_minutes) == (
+        "bf16", False, True, 2.5)

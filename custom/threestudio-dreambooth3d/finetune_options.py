@@ -98,7 +98,7 @@ class FinetuneOptions:
                                   "parameter (pip install 'threestudio-dreambooth3d[8bit]')", False,
                                   action="store_true")
     save_state_minutes: float = _option("write the resumable training state (OUT/state/latest.pt, replaced each "
-                                        "time) this often and at the end (default 10)", 10.0, float)
+                                        "time) this often and at the end (default 10.0)", 10.0, float)
     seed: int = _option("random seed (default 0)", 0, int)
     device: Optional[str] = _option("cuda, cuda:1, cpu (default: cuda if available)", None)
 
