@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from threestudio_dreambooth3d.cli.sweep import run_methods
+
 REPO = Path(__file__).resolve().parents[1]
 CUDA_CONTEXT = "system.exporter.context_type=cuda"
-METHODS = ("dreambooth3d", "dreamboothfusion", "latentnerf")
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def run_argv(tmp_path, subject_dir):
             "--out", str(tmp_path / "out"), "--threestudio", str(threestudio), "--configs", str(configs), "--dry-run"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", run_methods())
 def test_default_preset_dry_run_exports_with_the_cuda_context(method, run_argv, capsys):
     from threestudio_dreambooth3d.cli import main
 
@@ -34,9 +35,7 @@ def test_default_preset_dry_run_exports_with_the_cuda_context(method, run_argv, 
     assert "--export" in export and CUDA_CONTEXT in export, export
 
 
-@pytest.mark.parametrize("config", ["dreambooth3d-stage1.yaml", "dreambooth3d-stage2.yaml", "dreambooth3d-stage3.yaml",
-                                    "dreamboothfusion-baseline.yaml", "latentnerf-dreambooth-baseline.yaml",
-                                    "mix/magic3d-refine-dreambooth.yaml"])
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml")))
 def test_every_config_exports_with_the_cuda_context(config):
     # a parsed config carries it, so `launch.py --export` by hand (docs/THREESTUDIO.md) is safe too
     system = yaml.safe_load((REPO / "configs" / config).read_text())["system"]
