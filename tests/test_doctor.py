@@ -117,6 +117,12 @@ def test_model_row(tmp_path, monkeypatch):
     folder.mkdir()
     assert doctor.check_model(str(folder)).status == MISSING  # no model_index.json
     (folder / "model_index.json").write_text("{}")
+    assert doctor.check_model(str(folder)).status == MISSING  # no unet/, vae/...
+    from threestudio_dreambooth3d.core.model_folder import SD_PARTS
+
+    for part, file in SD_PARTS.items():
+        (folder / part).mkdir()
+        (folder / part / file).write_text("{}")
     assert doctor.check_model(str(folder)).status == OK
     assert doctor.check_model(str(tmp_path / "nowhere")).status == MISSING
     assert doctor.check_model(None).status == OK  # the smoke preset builds its own

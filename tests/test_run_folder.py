@@ -202,3 +202,71 @@ def test_the_smoke_disk_check_asks_for_what_a_smoke_run_writes(tmp_path, monkeyp
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, 590 * 10**6))  # a smoke run wrote 583 MB
     row = doctor.check_disk(tmp_path, doctor.MIN_FREE_BYTES["smoke"])
     assert row.status == doctor.MISSING and "free some space" in row.fix
+
+
+def test_option_values_are_checked_against_the_annotated_types():
+    from typing import List, Literal, Optional, Union
+
+    from threestudio_dreambooth3d.pipeline.validate import option_errors
+
+    class FakeTrainer:  # as Lightning's Trainer declares its options
+        def __init__(self, max_steps: int = -1, val_check_interval: Optional[Union[int, float]] = None,
+                     precision: Optional[Literal[32, "16-mixed", "bf16-mixed"]] = 32, enable_progress_bar: bool = True,
+                     devices: Union[List[int], str, int] = "auto", callbacks: Optional[object] = None):
+            pass
+
+    good = {"max_steps": 10, "val_check_interval": 0.5, "precision": "16-mixed", "enable_progress_bar": False,
+            "devices": [0], "callbacks": "anything"}
+    assert option_errors("stage1", "trainer", FakeTrainer, good, []) == []
+    bad = {"max_steps": "abc", "precision": "fp8", "enable_progress_bar": "yes", "val_check_interval": "often"}
+    errors = option_errors("stage1", "trainer", FakeTrainer, bad, ["max_steps=abc", "trainer.max_steps=abc"])
+    assert errors[0] == "stage1: config key trainer.max_steps (from --set): 'abc' is not of the type FakeTrainer expects (int)"
+    assert len(errors) == 4 and all("is not of the type" in e for e in errors)
+
+
+@pytest.mark.parametrize("step, option, expected", [
+    ("finetune", "--no-such-flag=1", "unrecognized arguments: --no-such-flag=1"),
+    ("finetune", "--lr=nan", "--lr: nan is not a finite positive learning rate"),
+    ("multiview_finetune", "--lora-rank=many", "--lora-rank: invalid int value: 'many'"),
+])
+def test_finetune_options_given_to_run_are_parsed_before_any_work(tmp_path, step, option, expected):
+    from threestudio_dreambooth3d.errors import ConfigError
+    from threestudio_dreambooth3d.pipeline.checks import check_finetune_options
+    from threestudio_dreambooth3d.pipeline.context import RunContext
+    from threestudio_dreambooth3d.pipeline.presets import get_preset
+
+    ctx = RunContext(out=tmp_path, subject=tmp_path, class_noun="dog", prompt="a sks dog", preset=get_preset("smoke"),
+                     model=str(tmp_path / "tiny"), overrides={step: [option]})
+    with pytest.raises(ConfigError) as e:
+        check_finetune_options(ctx)
+    assert f"{step} options (--set {step}:{option})" in str(e.value) and expected in str(e.value)
+    ctx.overrides = {}
+    check_finetune_options(ctx)  # the preset's own options parse
+
+
+@pytest.mark.parametrize("part", ["unet", "vae"])
+def test_a_model_folder_missing_a_part_is_named(tiny_sd_path, tmp_path, part, capsys):
+    import shutil
+
+    from threestudio_dreambooth3d.environment import doctor
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd_path, model)
+    shutil.rmtree(model / part)
+    row = doctor.check_model(str(model))
+    assert row.status == doctor.MISSING and f"lacks {part}/config.json" in row.detail
+    rc = main(["finetune", "--subject", str(tmp_path), "--class-noun", "dog", "--model", str(model),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and f"lacks {part}/config.json" in capsys.readouterr().err
+
+
+def test_a_diverged_finetune_in_run_says_what_to_change_not_to_rerun(tmp_path):
+    from threestudio_dreambooth3d.errors import StepFailedError
+    from threestudio_dreambooth3d.pipeline import commands
+    from threestudio_dreambooth3d.pipeline.runner import execute
+
+    code = "raise SystemExit('TrainingDivergedError: DreamBooth training diverged: the loss became nan at step 2')"
+    cmd = commands.Command([sys.executable, "-c", code], cwd=tmp_path, log_name="finetune")
+    with pytest.raises(StepFailedError) as e:
+        execute(cmd, tmp_path / "finetune.log")
+    assert "--set finetune:--lr=" in str(e.value) and "rerun the same command" not in str(e.value)

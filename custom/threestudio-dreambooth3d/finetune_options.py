@@ -51,6 +51,15 @@ def nonempty(text: str) -> str:
     return text.strip()
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    """Parsing a command line the pipeline builds: a bad option raises instead of exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        from .errors import ConfigError
+
+        raise ConfigError(f"dreambooth3d finetune: {message}")
+
+
 def _option(help: str, default: Any = MISSING, type: Optional[Callable] = None, flag: Optional[str] = None,
             **argparse_kwargs: Any) -> Any:
     """A field that is also a command-line option: ``flag`` defaults to ``--field-name``."""
@@ -123,7 +132,7 @@ class FinetuneOptions:
     @classmethod
     def parse(cls, argv: Sequence[str]) -> "FinetuneOptions":
         """The options a ``dreambooth3d finetune ARGV`` command line gives (later flags win)."""
-        parser = argparse.ArgumentParser(prog="dreambooth3d finetune")
+        parser = _RaisingParser(prog="dreambooth3d finetune")
         cls.add_arguments(parser)
         return cls.from_namespace(parser.parse_args(list(argv)))
 

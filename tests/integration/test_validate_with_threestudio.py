@@ -34,6 +34,10 @@ def test_the_pipeline_configs_load(specs):
     ("stage2", "system.guidance.translation_strength=abc", "stage2: config key system.guidance.translation_strength"),
     ("stage3", "system.geometry.radius=big", "stage3: config key system.geometry.radius"),
     ("stage1", "trainer.max_stepz=3", "stage1: config key trainer.max_stepz (from --set): not an option"),
+    ("stage1", "trainer.max_steps=abc", "stage1: config key trainer.max_steps (from --set): 'abc' is not of the type "
+                                        "Trainer expects (int)"),
+    ("stage3", "checkpoint.every_n_train_steps=often", "stage3: config key checkpoint.every_n_train_steps (from --set): "
+                                                       "'often' is not of the type"),
     ("export", "system.exporter.bad_key=2", "export: config key system.exporter.bad_key (from --set): unknown key"),
     ("stage1", "data.no_such=1", "stage1: config key data"),
     ("stage3", "system.weights=/no/such/stage1.ckpt", "stage3: --set system.weights=/no/such/stage1.ckpt: no such file"),
@@ -54,3 +58,25 @@ def test_run_stops_before_the_finetune(threestudio_root, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert code == 2 and "stage1: config key system.no_such_key" in err
     assert not (out / "finetune").exists() and not (out / "models").exists()  # nothing built
+
+
+def test_a_prompt_reaches_threestudios_prompt_processor_literally(threestudio, threestudio_root, tmp_path):
+    """`${...}` in the prompt is text, not an OmegaConf interpolation (an env variable, a crash)."""
+    import tempfile
+
+    from threestudio.utils.config import load_config, parse_structured
+
+    prompt = "a sks toy in ${oc.env:HOME} ${nope}"
+    ctx = RunContext(out=tmp_path / "out", subject=tmp_path, class_noun="dog", prompt=prompt,
+                     preset=get_preset("smoke"), model=str(tmp_path / "tiny"), threestudio_root=threestudio_root,
+                     configs_dir=REPO / "configs")
+    for spec in stage_specs(ctx):
+        if spec.step == "export":
+            continue
+        assert validate_stage(spec) == [], spec.step
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(spec.config, cli_args=list(spec.dotlist), n_gpus=1, exp_root_dir=tmp)
+        cls = threestudio.find(cfg.system.prompt_processor_type)
+        pp_cfg = parse_structured(cls.Config, cfg.system.prompt_processor)
+        processor = cls.__new__(cls)  # no model: only the prompt's way in is under test
+        assert processor.preprocess_prompt(pp_cfg.prompt) == prompt, spec.step

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..pipeline.checks import check_configs, check_prompt, check_subject
+    from ..pipeline.checks import check_configs, check_finetune_options, check_prompt, check_subject
     from ..pipeline.console import Console
     from ..pipeline.commands import prepare_workspace
     from ..pipeline.runner import Runner, format_elapsed
@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     check_environment(args)
     ctx = build_context(args)
     check_configs(ctx)
+    check_finetune_options(ctx)
     from ..pipeline.steps import steps_for
 
     runner = Runner(ctx, steps=steps_for(ctx.method), console=Console(verbosity(args)))

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import torch
 
 from ..errors import ModelNotFoundError
+from .model_folder import model_folder_problem
 
 
 def pretrained_kwargs(source: Union[str, Path]) -> dict:
@@ -102,11 +103,11 @@ def load_sd_components(
 
     model = str(model)
     kw = pretrained_kwargs(model)
-    if kw and not (Path(model) / "model_index.json").exists():
+    problem = model_folder_problem(model) if kw else None
+    if problem:
         raise ModelNotFoundError(
-            f"{model} is not a diffusers model folder (no model_index.json). Pass a folder "
-            "saved with StableDiffusionPipeline.save_pretrained or a hub id such as "
-            "stabilityai/stable-diffusion-2-1-base."
+            f"{problem}. Pass a folder saved with StableDiffusionPipeline.save_pretrained or a hub id "
+            "such as stabilityai/stable-diffusion-2-1-base."
         )
     unet_cls = UNet2DConditionModel
     if kw:

@@ -250,10 +250,12 @@ def check_model(model: Optional[str], cached: Optional[Callable[[str], Optional[
         return Check("base model", OK, "tiny random Stable Diffusion, built in the output folder")
     path = Path(model).expanduser()
     if path.exists() or model.startswith((".", "/", "~")):
-        if (path / "model_index.json").is_file():
+        from ..core.model_folder import model_folder_problem
+
+        problem = model_folder_problem(path)
+        if problem is None:
             return Check("base model", OK, f"local folder {path}")
-        return Check("base model", MISSING, f"{path} is not a diffusers folder (no model_index.json)",
-                     "pass --model a folder saved with save_pretrained, or a hub id")
+        return Check("base model", MISSING, problem, "pass --model a folder saved with save_pretrained, or a hub id")
     hit = cached(model)
     if hit:
         return Check("base model", OK, f"{model} (in the HF cache)")

@@ -50,21 +50,37 @@ def check_configs(ctx: RunContext) -> None:
 
 def check_output_folder(out: Union[str, Path], flag: str = "--out") -> None:
     """The output folder can be created and written: not a file, not on a read-only or
-    unwritable disk. Writes (and removes) one empty file to find out."""
-    out = Path(out)
+    unwritable disk. Writes (and removes) one empty file in it, or in the nearest folder above
+    it that exists (nothing is created)."""
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out} is a file, not a folder; pass a folder (it is created if missing).")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {out}: {existing} is a file, not a folder; pass another {flag}.")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        with tempfile.TemporaryFile(dir=existing):
             pass
-    except FileExistsError as e:  # a file where a parent folder should be
-        raise ConfigError(f"{flag} {out}: {e.filename} is a file, not a folder; pass another {flag}.") from e
-    except NotADirectoryError as e:
-        raise ConfigError(f"{flag} {out}: a parent of it is a file, not a folder; pass another {flag}.") from e
     except OSError as e:
         why = {errno.EROFS: "the filesystem is read-only", errno.EACCES: "permission denied",
                errno.EPERM: "permission denied", errno.ENOSPC: "the disk is full",
                errno.ENAMETOOLONG: "the name is too long"}.get(e.errno, e.strerror or str(e))
         raise ConfigError(f"cannot write in {flag} {out} ({why}); pass {flag} a folder on a writable disk "
                           "with free space.") from e
+
+
+def check_finetune_options(ctx: RunContext) -> None:
+    """Every finetune step's options (the preset's and ``--set finetune:...``) parse as
+    ``dreambooth3d finetune`` will parse them, before any work."""
+    from .steps import Finetune, steps_for
+    from ..finetune_options import FinetuneOptions
+
+    for step in steps_for(ctx.method):
+        if isinstance(step, Finetune):
+            try:
+                FinetuneOptions.parse(step.command(ctx).argv[4:])  # after "python -m ...cli finetune"
+            except ConfigError as e:
+                user = " ".join(f"{step.name}:{o}" for o in ctx.overrides.get(step.name, []))
+                raise ConfigError(f"{step.name} options{f' (--set {user})' if user else ''}: {e}") from None

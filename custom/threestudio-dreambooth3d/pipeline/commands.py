@@ -18,7 +18,8 @@ from typing import Dict, List, Literal, Optional, Union
 
 import yaml
 
-from ..errors import MissingFileError
+from ..core.config_text import encode_literal
+from ..errors import ConfigError, MissingFileError
 from .context import TRIAL_TAG, RunContext
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -94,10 +95,21 @@ def finetune_cli(ctx: RunContext, args: List[str], log_name: str) -> Command:
     return Command(argv, cwd=ctx.out, env=env, log_name=log_name)
 
 
+# keys whose values are user text that the reading component decodes (core/config_text.py)
+LITERAL_KEYS = (KEYS["prompt"], KEYS["translation_prompt"])
+
+
 def dot(key: str, value: object) -> str:
     """``key=value`` for OmegaConf's command line, YAML-quoted when a string would not read back as itself
-    (a prompt with ": " would become a dict, "123" an int)."""
+    (a prompt with ": " would become a dict, "123" an int). User text reaches threestudio literally:
+    a prompt holding ``${`` is encoded (:mod:`..core.config_text`); any other value holding it (a
+    path) is refused, as threestudio would read it as an interpolation."""
     text = str(value)
+    if key in LITERAL_KEYS:
+        text = encode_literal(text)
+    elif "${" in text:
+        raise ConfigError(f"{text!r} ({key}) contains '${{', which threestudio's config reads as a variable; "
+                          "use a path without it.")
     if isinstance(value, (str, Path)):
         try:
             same = yaml.safe_load(text) == text

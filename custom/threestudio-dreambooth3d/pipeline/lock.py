@@ -49,6 +49,7 @@ def folder_lock(folder: Union[str, Path], argv: Optional[Sequence[str]] = None) 
     """Hold ``folder``'s lock for the block; raises :class:`FolderInUseError` at once when another
     live process holds it (never waits)."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(folder / LOCK_FILE), thread_local=False, is_singleton=False)
     try:
@@ -71,3 +72,9 @@ def folder_lock(folder: Union[str, Path], argv: Optional[Sequence[str]] = None) 
     finally:
         (folder / INFO_FILE).unlink(missing_ok=True)
         lock.release()
+        if created and {p.name for p in folder.iterdir()} <= {LOCK_FILE}:
+            try:  # a run refused by its checks leaves no folder behind
+                (folder / LOCK_FILE).unlink()
+                folder.rmdir()
+            except OSError:
+                pass

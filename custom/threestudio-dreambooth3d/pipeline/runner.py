@@ -83,9 +83,15 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
         if _DISK_FULL.search(text):
             raise DiskFullError(f"No space left on the disk while running {cmd.log_name} (see {log_path}). "
                                 "Free some space and rerun the same command: finished steps are kept.")
+        if "TrainingDivergedError" in text:  # deterministic: the same options diverge again
+            advice = (f"The same command would diverge again: lower the learning rate, e.g. --set "
+                      f"{cmd.log_name}:--lr=1e-5 (or drop mixed precision: --set {cmd.log_name}:--mixed-precision=no), "
+                      "then rerun: finished steps are kept.")
+        else:
+            advice = "Fix the cause and rerun the same command: finished steps are kept."
         raise StepFailedError(
             f"{cmd.log_name} failed (exit code {code}):\n    " + "\n    ".join(failure_lines(text))
-            + f"\nFull log: {log_path}\nFix the cause and rerun the same command: finished steps are kept."
+            + f"\nFull log: {log_path}\n{advice}"
         )
 
 

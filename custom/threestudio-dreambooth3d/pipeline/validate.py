@@ -101,12 +101,77 @@ def validate_stage(spec: StageSpec) -> List[str]:
     except (OmegaConfBaseException, ValueError, TypeError) as e:
         errors.append(_key_error(spec.step, "data", e, spec.user_overrides))
     for section, cls in (("trainer", pl.Trainer), ("checkpoint", pl.callbacks.ModelCheckpoint)):
-        known = _init_keywords(cls)
-        for k in getattr(cfg, section):
-            if k not in known:
-                user = " (from --set)" if any(o.split("=", 1)[0] == f"{section}.{k}" for o in spec.user_overrides) else ""
-                errors.append(f"{spec.step}: config key {section}.{k}{user}: not an option of Lightning's {cls.__name__}")
+        errors += option_errors(spec.step, section, cls, getattr(cfg, section), spec.user_overrides)
     return errors
+
+
+def option_errors(step: str, section: str, cls: type, values, user: List[str]) -> List[str]:
+    """Keys of ``values`` (a config section handed to ``cls(**values)``) that ``cls.__init__`` does not
+    take, or whose value is not of its annotated type (``trainer.max_steps=abc``)."""
+    known = _init_keywords(cls)
+    hints = _init_hints(cls)
+    errors = []
+    for k in values:
+        source = " (from --set)" if any(o.split("=", 1)[0] == f"{section}.{k}" for o in user) else ""
+        if k not in known:
+            errors.append(f"{step}: config key {section}.{k}{source}: not an option of {cls.__name__}")
+        elif k in hints and not _matches(values[k], hints[k]):
+            errors.append(f"{step}: config key {section}.{k}{source}: {values[k]!r} is not of the type "
+                          f"{cls.__name__} expects ({_type_name(hints[k])})")
+    return errors
+
+
+def _init_hints(cls) -> Dict[str, object]:
+    """Resolved annotations of ``__init__`` along the MRO (those that do not resolve are not checked)."""
+    import typing
+
+    hints: Dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            hints.update(typing.get_type_hints(init))
+        except Exception:  # a forward reference that does not resolve here
+            continue
+    hints.pop("return", None)
+    return hints
+
+
+def _matches(value, tp) -> bool:
+    """Whether a config value fits a type hint; hints this does not understand count as a match."""
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any or tp is object:
+        return True
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set) or tp in (list, tuple, set):
+        from omegaconf import ListConfig
+
+        return isinstance(value, (list, tuple, set, ListConfig))
+    if origin is dict or tp is dict:
+        from omegaconf import DictConfig
+
+        return isinstance(value, (dict, DictConfig))
+    return True  # a class (a Callback, a timedelta...) or a generic: not checked
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _init_keywords(cls) -> set:

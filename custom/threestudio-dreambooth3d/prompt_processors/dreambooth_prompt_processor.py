@@ -26,6 +26,7 @@ from threestudio.models.prompt_processors.base import PromptProcessor, hash_prom
 from threestudio.utils.misc import cleanup
 
 from ..core.checkpoints import module_files
+from ..core.config_text import decode_literal
 from ..guidance.dreambooth_sds_guidance import resolve_checkpoint
 
 
@@ -64,6 +65,10 @@ class DreamBoothPromptProcessor(PromptProcessor):
         self.checkpoint_path = resolve_checkpoint(self.cfg.checkpoint, self.cfg.checkpoint_name)
         self._encoder_key = text_encoder_key(self.cfg.pretrained_model_name_or_path, self.checkpoint_path)
         super().configure()
+
+    def preprocess_prompt(self, prompt: str) -> str:
+        # the user's text as typed (pipeline/commands.dot encodes one holding "${")
+        return super().preprocess_prompt(decode_literal(prompt))
 
     def _cache_path(self, prompt: str) -> str:
         return os.path.join(self._cache_dir, f"{hash_prompt(self._encoder_key, prompt)}.pt")

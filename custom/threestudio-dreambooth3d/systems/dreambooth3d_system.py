@@ -163,7 +163,9 @@ class DreamBooth3DSystem(DreamFusion):
     def subject_prompt(self) -> str:
         """``translation_prompt``, else the prompt the stage's DreamBooth checkpoint was trained on."""
         if self.cfg.translation_prompt:
-            return self.cfg.translation_prompt
+            from ..core.config_text import decode_literal
+
+            return decode_literal(self.cfg.translation_prompt)
         from ..core.checkpoints import read_meta
 
         return read_meta(self.guidance.checkpoint_path)["instance_prompt"]
