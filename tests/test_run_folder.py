@@ -34,9 +34,11 @@ def test_diverged_finetune_writes_no_checkpoint_and_says_what_to_change(tiny_sd_
         if path.is_dir():
             from safetensors.torch import load_file
             state = {f.name: load_file(str(f)) for f in path.glob("*.safetensors")}
-        else:
+        elif path.exists():  # the resumable state is saved by time: maybe not at all in two steps
             state = torch.load(path, weights_only=False)
             assert state["step"] == 1
+        else:
+            continue
         assert not checkpoints.nonfinite_tensors(state), name
 
 
