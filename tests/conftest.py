@@ -24,6 +24,14 @@ def tiny_sd_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mvdream_path(tmp_path_factory) -> Path:
+    """A tiny random MVDream (MultiViewUNet + the tiny SD's VAE/text encoder) in our converted-folder layout."""
+    from threestudio_dreambooth3d.tiny_models.mvdream import build_tiny_mvdream
+
+    return build_tiny_mvdream(tmp_path_factory.mktemp("models") / "tiny-mvdream", seed=0)
+
+
+@pytest.fixture(scope="session")
 def subject_dir(tmp_path_factory) -> Path:
     """Four synthetic photos of a red disc on white: an easy-to-measure 'subject'."""
     from threestudio_dreambooth3d.tiny_models.sd import make_subject_images

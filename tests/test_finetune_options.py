@@ -14,6 +14,8 @@ REQUIRED = ["--subject", "photos", "--class-noun", "dog", "--out", "out"]
 # every option with a value other than its default, and what the trainer's config must hold
 NON_DEFAULT = [
     ("--model", "/models/sd", "pretrained_model", "/models/sd"),
+    ("--base-model", "mvdream", "base_model", "mvdream"),  # an MVDreamBoothConfig
+    ("--param-preservation-weight", "0.5", "param_preservation_weight", 0.5),
     ("--identifier", "zwx", "identifier", "zwx"),
     ("--instance-prompt", "a zwx dog", "instance_prompt", "a zwx dog"),
     ("--steps", "40", "max_steps", 40),

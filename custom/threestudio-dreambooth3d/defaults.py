@@ -14,3 +14,7 @@ TRAIN_MODES = get_args(TrainMode)
 # autocast dtype for DreamBooth training ("auto": bf16 where the GPU has it, else fp16; fp32 on a CPU)
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 MIXED_PRECISIONS = get_args(MixedPrecision)
+
+# what `finetune --base-model` personalises: Stable Diffusion, or MVDream's multi-view model
+BaseModel = Literal["sd", "mvdream"]
+BASE_MODELS = get_args(BaseModel)

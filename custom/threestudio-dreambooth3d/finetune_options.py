@@ -14,7 +14,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
-from .defaults import DEFAULT_MODEL, MIXED_PRECISIONS, TRAIN_MODES
+from .defaults import BASE_MODELS, DEFAULT_MODEL, MIXED_PRECISIONS, TRAIN_MODES
 
 if TYPE_CHECKING:
     from .core.dreambooth import DreamBoothConfig
@@ -74,6 +74,14 @@ class FinetuneOptions:
     out: str = _option("output folder (checkpoints/, class_images/, state/)")
     model: str = _option(f"base Stable Diffusion: hub id or local diffusers folder (default {DEFAULT_MODEL})",
                          DEFAULT_MODEL)
+    base_model: str = _option(
+        "sd: Stable Diffusion (--model an SD hub id/folder); mvdream: MVDream's multi-view model (--model a "
+        "folder from `dreambooth3d convert-mvdream`): photos train as single views, a multi-view class prior "
+        "(4-view sets at MVDream's standard cameras) and parameter preservation keep it multi-view (default sd)",
+        "sd", choices=BASE_MODELS)
+    param_preservation_weight: float = _option(
+        "mvdream: weight of the parameter-preservation loss ||theta - theta_0||_1 / N (MVDream paper; 0: off; "
+        "default 1.0)", 1.0, float)
     identifier: str = _option("rare token naming the subject in prompts (default sks)", "sks", nonempty)
     instance_prompt: Optional[str] = _option("prompt for the photos (default 'a {identifier} {class}')", None)
     steps: int = _option("total training steps (default 800)", 800, int)
@@ -146,7 +154,12 @@ class FinetuneOptions:
         from .core.subject import read_captioned_folder
 
         extra = [(str(p), c) for p, c in read_captioned_folder(self.extra_images)] if self.extra_images else []
-        return DreamBoothConfig(
+        config_cls, more = DreamBoothConfig, {}
+        if self.base_model == "mvdream":
+            from .core.mvdreambooth import MVDreamBoothConfig
+
+            config_cls, more = MVDreamBoothConfig, {"param_preservation_weight": self.param_preservation_weight}
+        return config_cls(
             pretrained_model=self.model,
             subject_dir=self.subject,
             class_noun=self.class_noun,
@@ -174,6 +187,7 @@ class FinetuneOptions:
             save_state_minutes=self.save_state_minutes,
             seed=self.seed,
             device=self.device,
+            **more,
         )
 
 
