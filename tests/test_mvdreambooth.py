@@ -14,7 +14,7 @@ from threestudio_dreambooth3d.errors import ModelNotFoundError
 def make_cfg(model, subject_dir, out, **kw):
     base = dict(pretrained_model=str(model), subject_dir=str(subject_dir), class_noun="dog", output_dir=str(out),
                 num_class_images=8, class_inference_steps=2, max_steps=4, checkpoint_steps={"partial": 2, "full": 4},
-                learning_rate=1e-2, lora_rank=4, batch_size=2, save_state_every=2)
+                learning_rate=1e-2, lora_rank=4, batch_size=2)
     base.update(kw)
     return MVDreamBoothConfig(**base)
 
