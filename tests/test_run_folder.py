@@ -272,3 +272,61 @@ def test_a_diverged_finetune_in_run_says_what_to_change_not_to_rerun(tmp_path):
     with pytest.raises(StepFailedError) as e:
         execute(cmd, tmp_path / "finetune.log")
     assert "--set finetune:--lr=" in str(e.value) and "rerun the same command" not in str(e.value)
+
+
+# -- 6. SIGTERM ends the children, like Ctrl-C ---------------------------------------------------
+
+_RUN_UNDER_SIGTERM = """
+import sys
+from pathlib import Path
+from threestudio_dreambooth3d.cli import terminate_like_ctrl_c
+from threestudio_dreambooth3d.cli.run import run_steps
+from threestudio_dreambooth3d.pipeline.commands import Command
+from threestudio_dreambooth3d.pipeline.runner import execute
+
+tmp = Path(sys.argv[1])
+child = ("import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+         "open(" + repr(str(tmp / "pids")) + ", 'w').write(str(g.pid)); time.sleep(300)")
+
+class Runner:  # what run_steps needs of the pipeline's Runner
+    current = "stage1"
+    def run(self, start_from=None):
+        execute(Command([sys.executable, "-c", child], cwd=tmp, log_name="stage1"), tmp / "stage1.log")
+
+terminate_like_ctrl_c()
+sys.exit(run_steps(Runner()))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie waiting for its (killed) parent is dead too
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
+
+
+def test_sigterm_stops_the_step_and_its_children_and_says_so_like_ctrl_c(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", _RUN_UNDER_SIGTERM, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pids").exists() or not (tmp_path / "pids").read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    grandchild = int((tmp_path / "pids").read_text())
+    proc.send_signal(signal.SIGTERM)
+    try:
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert err.strip().splitlines() == ["dreambooth3d run: interrupted during stage1; rerun the same command to resume"]
+    time.sleep(0.5)
+    try:
+        assert not _alive(grandchild)
+    finally:
+        if _alive(grandchild):
+            os.kill(grandchild, 9)

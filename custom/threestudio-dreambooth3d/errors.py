@@ -86,3 +86,14 @@ class FolderInUseError(DreamBooth3DError, RuntimeError):
 
 class MissingDependencyError(DreamBooth3DError, ImportError):
     """An optional package an option needs is not installed (the message names the pip command)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so both end a command the same way
+    (children stopped, one line); the exit code is 143 instead of 130."""
+
+    exit_code = 143
+
+
+def interrupt_exit_code(e: KeyboardInterrupt) -> int:
+    return getattr(e, "exit_code", 130)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from typing import List, Optional
 
-from ..errors import DreamBooth3DError
+from ..errors import DreamBooth3DError, Terminated, interrupt_exit_code
 from ..log_routing import PACKAGE_LOGGER, hide_captured
 
 # name -> module; each module has add_parser(subparsers) and run(args)
@@ -73,14 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def terminate_like_ctrl_c() -> None:
+    """SIGTERM (a scheduler, ``kill``) raises :class:`~threestudio_dreambooth3d.errors.Terminated`,
+    a KeyboardInterrupt: the running command is stopped with its children as on Ctrl-C."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(-1 if args.quiet else args.verbose)
+    terminate_like_ctrl_c()
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\ndreambooth3d {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(e)
     except DreamBooth3DError as e:
         if args.debug:
             raise

@@ -99,14 +99,16 @@ def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
 
 
 def run_steps(runner, start_from=None) -> int:
-    """Run the steps; Ctrl-C prints one line naming the step (its record stays "running", so the
-    same command resumes it) and gives exit code 130, no traceback."""
+    """Run the steps; Ctrl-C (or SIGTERM) prints one line naming the step (its record stays
+    "running", so the same command resumes it) and gives exit code 130 (143), no traceback."""
+    from ..errors import interrupt_exit_code
+
     try:
         runner.run(start_from)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\ndreambooth3d run: interrupted during {runner.current or 'start-up'}; "
               "rerun the same command to resume", file=sys.stderr, flush=True)
-        return 130
+        return interrupt_exit_code(e)
     return 0
 
 
@@ -191,7 +193,8 @@ def _run(args: argparse.Namespace) -> int:
                                   "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
                                   "warnings": warnings})  # shown on summary.html
     t0 = time.monotonic()
-    if run_steps(runner, args.start_from) != 0:
-        return 130
+    code = run_steps(runner, args.start_from)
+    if code != 0:
+        return code
     print(f"DreamBooth3D finished in {format_elapsed(time.monotonic() - t0)}: open {ctx.out / 'summary.html'}")
     return 0

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -57,7 +58,8 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
     bar = console.bar()
     with open(log_path, "wb") as log:
         header = log.write(("$ " + cmd.shell() + "\n").encode())
-        proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=_own_group_dying_with_parent)
         try:
             # raw chunks, not lines: tqdm and Lightning redraw their bars with \r
             for chunk in iter(lambda: os.read(proc.stdout.fileno(), 1 << 14), b""):
@@ -72,8 +74,7 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
                     sys.stdout.write(chunk.decode(errors="replace"))
             code = proc.wait()
         except BaseException:
-            proc.terminate()
-            proc.wait()
+            stop_group(proc)
             raise
         finally:
             if bar is not None:
@@ -93,6 +94,39 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
             f"{cmd.log_name} failed (exit code {code}):\n    " + "\n    ".join(failure_lines(text))
             + f"\nFull log: {log_path}\n{advice}"
         )
+
+
+def _own_group_dying_with_parent() -> None:
+    """In the child before exec: its own process group (so Ctrl-C/SIGTERM handling can stop it
+    with everything it started), and SIGTERM if this process dies without stopping it (Linux)."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the child's process group (launch.py, its data loader workers...), SIGKILL to
+    what is left after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            proc.wait(timeout=wait)
+            try:  # the leader is gone; its group may still hold children
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
 
 
 def _tail(path: Path, start: int, size: int = 1 << 19) -> str:
