@@ -32,6 +32,8 @@ setup(
         "8bit": ["bitsandbytes>=0.43"],
         # `dreambooth3d sweep --executor slurm`
         "cluster": ["submitit>=1.5"],
+        # `dreambooth3d app`: the web page (its browser test also needs playwright + a Chromium)
+        "app": ["gradio>=6.0,<7"],
         # what threestudio imports when it loads (see environment/requirements.py)
         "threestudio": REQ["THREESTUDIO_EXTRA"],
     },

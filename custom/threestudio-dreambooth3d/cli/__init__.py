@@ -1,5 +1,6 @@
 """``dreambooth3d`` command line: finetune, run (whole pipeline), eval, sweep (many runs + a report),
-doctor (what this machine has), convert-mvdream (the released MVDream checkpoint -> a model folder).
+doctor (what this machine has), convert-mvdream (the released MVDream checkpoint -> a model folder),
+app (a web page for run).
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
 ``run(args)``, registered in :data:`SUBCOMMANDS`. The cli modules import nothing heavy
@@ -32,6 +33,7 @@ SUBCOMMANDS = {
     "sweep": "threestudio_dreambooth3d.cli.sweep",
     "doctor": "threestudio_dreambooth3d.cli.doctor",
     "convert-mvdream": "threestudio_dreambooth3d.cli.convert_mvdream",
+    "app": "threestudio_dreambooth3d.cli.app",
 }
 
 
