@@ -12,9 +12,10 @@ group SIGINT (``run`` records the step as interrupted and exits 130; the step's 
 too), then SIGTERM and SIGKILL if it lingers. The job stays resumable. The run's output goes to a
 file, not a pipe, so progress is read from files and a restarted server sees the same thing.
 
-States in ``job.json``: queued, running, finished, failed, stopped. A job read back as queued or
-running by a new server was cut off by the last one: it shows as unfinished, and a run the old
-server left behind is stopped first, so that only one run ever writes into a folder.
+States in ``job.json``: queued, running, finished, failed, stopped (by Stop), unfinished (cut off).
+A new server lists every job it finds: finished and failed as they were, the rest as unfinished
+(Resume continues them). A run an old server left behind (it was killed, not stopped) is stopped
+first, so that only one run ever writes into a folder.
 """
 from __future__ import annotations
 
@@ -392,8 +393,8 @@ class JobManager:
 
     # -- listing
     def scan(self) -> List[Job]:
-        """Read every job folder; a job the last server left queued/running becomes unfinished (its
-        leftover run, if any, is stopped first)."""
+        """Read every job folder; a job the last server did not finish becomes unfinished (a run it
+        left behind is stopped first)."""
         for folder in sorted(self.out_root.iterdir()):
             if folder.name in self.jobs or not (folder / JOB_FILE).is_file():
                 continue
@@ -401,11 +402,12 @@ class JobManager:
                 job = Job.load(folder)
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a job of this app (or a damaged one): leave it alone
-            if job.state in ACTIVE:
-                if job.pid and _alive(job.pid) and _group_alive(job.pid):
-                    stop_group(job.pid, lambda t, pid=job.pid: _wait_pid(pid, t), self.stop_grace)
+            if job.state in ACTIVE and job.pid and _alive(job.pid) and _group_alive(job.pid):
+                stop_group(job.pid, lambda t, pid=job.pid: _wait_pid(pid, t), self.stop_grace)
+            if job.state in (*ACTIVE, STOPPED):
+                if job.state in ACTIVE:
+                    job.message = "cut off when the app stopped; Resume continues where it stopped"
                 job.state, job.pid = UNFINISHED, None
-                job.message = "cut off when the app stopped; Resume continues where it stopped"
                 job.save()
             self.jobs[job.id] = job
         return self.list()
@@ -445,7 +447,7 @@ class JobManager:
             for name, b in data:
                 (staging / "subject" / name).write_bytes(b)
             warnings += check_photos(staging / "subject")
-            job = Job(dir=staging, inputs=inputs, photos=[n for n, _ in data], state=STOPPED,
+            job = Job(dir=staging, inputs=inputs, photos=[n for n, _ in data], state=UNFINISHED,
                       message="not started yet")
             job.save()
             os.replace(staging, folder)
@@ -517,11 +519,13 @@ class JobManager:
                 stopped = job.id in self.stopping
                 self.stopping.discard(job.id)
                 job.exit_code, job.pid = code, None
-                if stopped:
-                    job.state, job.message = STOPPED, "stopped; Resume continues where it stopped"
-                elif code == 0:
+                if code == 0:
                     job.state, job.message = FINISHED, ""
-                elif self.closed or code in (130, -signal.SIGINT, -signal.SIGTERM):
+                elif self.closed:
+                    job.state, job.message = UNFINISHED, "the app stopped; Resume continues where it stopped"
+                elif stopped:
+                    job.state, job.message = STOPPED, "stopped; Resume continues where it stopped"
+                elif code in (130, -signal.SIGINT, -signal.SIGTERM):
                     job.state, job.message = UNFINISHED, "interrupted; Resume continues where it stopped"
                 else:
                     job.state, job.message = FAILED, ""
@@ -544,7 +548,7 @@ class JobManager:
             self.closed = True
             running = list(self.procs)
             for job_id in list(self.queue):
-                self.jobs[job_id].state = STOPPED
+                self.jobs[job_id].state = UNFINISHED
                 self.jobs[job_id].message = "the app stopped before it started"
                 self.jobs[job_id].save()
             self.queue.clear()

@@ -7,6 +7,7 @@ turntable, mesh, download, log.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -76,6 +77,7 @@ def build(manager: JobManager, default_preset: str = "default") -> "gr.Blocks": 
 
     def guarded(fn):
         """Errors in the page, never a traceback: ours show their message, anything else one line."""
+        @functools.wraps(fn)
         def wrapper(*args):
             try:
                 return fn(*args)
