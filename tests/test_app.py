@@ -61,8 +61,8 @@ FAKE_RUN = textwrap.dedent(r'''
 
 
 def fake_argv(script: Path):
-    def argv(job, gpu):
-        return [sys.executable, str(script), "--out", str(job.out), "--gpu", gpu]
+    def argv(job):
+        return [sys.executable, str(script), "--out", str(job.out)]
     return argv
 
 
@@ -72,7 +72,7 @@ def fake(tmp_path):
     script.write_text(FAKE_RUN)
     made = []
 
-    def make(root="jobs", mode="ok", slots=("0",), check=lambda preset, root: None):
+    def make(root="jobs", mode="ok", slots=(None,), check=lambda preset, root: None):
         m = J.JobManager(tmp_path / root, slots=list(slots), argv_for=fake_argv(script),
                          env={**os.environ, "FAKE_MODE": mode}, check_environment=check, stop_grace=10)
         made.append(m)
@@ -198,8 +198,8 @@ SERVER = textwrap.dedent(r'''
     from pathlib import Path
     from threestudio_dreambooth3d.app import jobs as J
     root, script = sys.argv[1], sys.argv[2]
-    argv = lambda job, gpu: [sys.executable, script, "--out", str(job.out), "--gpu", gpu]
-    m = J.JobManager(root, slots=["0"], argv_for=argv, check_environment=lambda p, r: None)
+    argv = lambda job: [sys.executable, script, "--out", str(job.out)]
+    m = J.JobManager(root, slots=[None], argv_for=argv, check_environment=lambda p, r: None)
     job, _ = m.create([(p.name, p) for p in sorted(Path(sys.argv[3]).iterdir())], "toy", "a sks toy on a table",
                       "smoke", "dreambooth3d")
     m.submit(job.id)
@@ -214,7 +214,7 @@ def test_a_restarted_server_lists_the_job_as_unfinished_and_resumes_it(fake, tmp
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "jobs"), str(tmp_path / "fake_run.py"),
                                str(RED_TOY)])
     try:
-        wait_for(lambda: list((tmp_path / "jobs").glob("*/out/child.pid")))
+        wait_for(lambda: list((tmp_path / "jobs").glob("*/out/child.pid")), timeout=120)
     finally:
         server.send_signal(signal.SIGKILL)  # the server dies without stopping its job
         server.wait()

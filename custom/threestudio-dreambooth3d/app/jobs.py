@@ -38,6 +38,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 from ..errors import ConfigError, DreamBooth3DError, MachineError, SubjectImageError
 from ..fs import atomic_write_text, fingerprint
 from ..pipeline.console import failure_lines, final_lines, parse_bar, phase_name
+from ..sweep.executors import visible_gpus
 
 JOB_FILE = "job.json"
 OUTPUT_FILE = "run.out"
@@ -153,7 +154,7 @@ def read_progress(run_output: str, step_log: Optional[str] = None) -> Progress:
         return Progress()
     step = lines[steps[-1]]
     bar = ""
-    if not step.rstrip().endswith(")") or re.search(r": done in \S+$|: skipped \(", step):
+    if re.search(r": done in \S+$|: skipped \(", step):
         return Progress(step, "")  # a finished or skipped step has no bar
     for line in lines[steps[-1] + 1:]:
         m = _PLAIN_BAR.match(line)
@@ -186,7 +187,7 @@ class Job:
     created: float = field(default_factory=time.time)
     exit_code: Optional[int] = None
     pid: Optional[int] = None
-    gpu: Optional[str] = None
+    gpu: Optional[str] = None  # the CUDA_VISIBLE_DEVICES it ran with (None: the CPU)
     output_offset: int = 0  # where this attempt's output starts in run.out
     attempts: int = 0
     message: str = ""  # why it is not running (a stop, a problem found before the start)
@@ -302,26 +303,15 @@ class Job:
 
 # -- the queue ---------------------------------------------------------------------------------
 
-ArgvFor = Callable[[Job, str], List[str]]
+ArgvFor = Callable[[Job], List[str]]
 
 
-def run_argv(job: Job, gpu: str) -> List[str]:
+def run_argv(job: Job) -> List[str]:
     """The ``dreambooth3d run`` command of a job (the same every time: a rerun resumes)."""
     i = job.inputs
     return [sys.executable, "-m", "threestudio_dreambooth3d.cli", "run", "--subject", str(job.subject),
             "--class-noun", i.class_noun, "--prompt", i.prompt, "--preset", i.preset, "--method", i.method,
-            "--out", str(job.out), "--gpu", gpu]
-
-
-def default_slots() -> List[str]:
-    """One slot per visible GPU; one on a CPU-only machine."""
-    try:
-        import torch
-
-        n = torch.cuda.device_count()
-    except Exception:  # no usable torch/CUDA: the CPU slot
-        n = 0
-    return [str(i) for i in range(n)] or ["0"]
+            "--out", str(job.out)]
 
 
 def _alive(pid: Optional[int]) -> bool:
@@ -337,6 +327,14 @@ def _alive(pid: Optional[int]) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _runs_in(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` is a run on ``folder`` (not another program that got the number since)."""
+    try:
+        return str(folder) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return os.name == "posix" and not Path("/proc/self").exists()  # no /proc to ask: trust the record
 
 
 def _group_alive(pgid: int) -> bool:
@@ -369,12 +367,14 @@ def stop_group(pgid: int, wait: Callable[[float], bool], grace: float = 30.0) ->
 class JobManager:
     """The jobs under ``out_root`` and the workers that run them, one per slot (GPU)."""
 
-    def __init__(self, out_root: PathLike, slots: Optional[Sequence[str]] = None, argv_for: ArgvFor = run_argv,
+
+    def __init__(self, out_root: PathLike, slots: Optional[Sequence[Optional[str]]] = None, argv_for: ArgvFor = run_argv,
                  env: Optional[Dict[str, str]] = None, check_environment: Callable[[str, Path], Optional[str]]
                  = environment_problem, stop_grace: float = 30.0):
         self.out_root = Path(out_root).resolve()
         self.out_root.mkdir(parents=True, exist_ok=True)
-        self.slots = list(slots) if slots else default_slots()
+        # one slot per visible GPU, as the sweep's local executor; None: the CPU (or what the environment pins)
+        self.slots = list(slots) if slots else (visible_gpus() or [None])
         self.argv_for = argv_for
         self.env = env
         self.check_environment = check_environment
@@ -402,7 +402,7 @@ class JobManager:
                 job = Job.load(folder)
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not a job of this app (or a damaged one): leave it alone
-            if job.state in ACTIVE and job.pid and _alive(job.pid) and _group_alive(job.pid):
+            if job.state in ACTIVE and job.pid and _alive(job.pid) and _runs_in(job.pid, job.out):
                 stop_group(job.pid, lambda t, pid=job.pid: _wait_pid(pid, t), self.stop_grace)
             if job.state in (*ACTIVE, STOPPED):
                 if job.state in ACTIVE:
@@ -495,7 +495,7 @@ class JobManager:
             self.cond.wait_for(lambda: job_id not in self.procs, timeout=15)
         return job
 
-    def _work(self, gpu: str) -> None:
+    def _work(self, gpu: Optional[str]) -> None:
         while True:
             with self.cond:
                 self.cond.wait_for(lambda: self.queue or self.closed)
@@ -532,14 +532,17 @@ class JobManager:
                 job.save()
                 self.cond.notify_all()
 
-    def _launch(self, job: Job, gpu: str) -> subprocess.Popen:
+    def _launch(self, job: Job, gpu: Optional[str]) -> subprocess.Popen:
         env = {**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         with open(job.output_path, "ab") as out:
-            out.write(f"\n=== attempt {job.attempts} on slot {gpu}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            where = f"GPU {gpu}" if gpu is not None else "the CPU"
+            out.write(f"\n=== attempt {job.attempts} on {where}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
             out.flush()
             job.output_offset = out.tell()
             # its own process group: Stop signals the run and the step command it started, nothing else
-            return subprocess.Popen(self.argv_for(job, gpu), stdout=out, stderr=subprocess.STDOUT,
+            return subprocess.Popen(self.argv_for(job), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=str(job.dir), env=env, start_new_session=True)
 
     def close(self) -> None:
