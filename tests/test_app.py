@@ -3,6 +3,7 @@ stop of a real process group, resume, restart, progress parsing, failure display
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 import textwrap
@@ -282,3 +283,10 @@ def test_the_running_job_reads_its_newest_step_log(fake):
     (job.out / "go").touch()
     wait_for(lambda: job.state == J.FINISHED)
     assert job.pseudo_views() == job.out / "results" / "pseudo_views.png"
+
+
+def test_a_missing_threestudio_is_doctors_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("THREESTUDIO_ROOT", str(tmp_path / "no-threestudio"))
+    text = J.environment_problem("smoke", tmp_path)
+    assert text.startswith("this machine lacks what --preset smoke needs:\n")
+    assert re.search(r"^threestudio\s+MISSING\s", text, re.M) and "`dreambooth3d doctor` shows every check" in text

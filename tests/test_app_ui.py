@@ -63,7 +63,8 @@ def test_a_finished_job_shows_its_results_and_a_failed_one_its_failure(fake):
     (job.out / "go").touch()
     wait_for(lambda: job.state == J.FINISHED)
     out = shown(page["on_pick"](job.id, {}))
-    assert out["status"].startswith(f"job {job.id}: finished\n[4/4] summary: done")
+    assert out["status"].startswith(f"job {job.id}: finished — 'a sks toy' (toy, 4 photos, preset smoke, "
+                                    "dreambooth3d)\n[4/4] summary: done")
     assert out["mesh"].endswith("results/mesh/model.glb") and out["download"].endswith("results.zip")
     assert out["log"] == ""
     failing = fake(root="other", mode="fail")

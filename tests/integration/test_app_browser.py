@@ -97,8 +97,8 @@ def wait_status(page, pattern: str, timeout_s: float, seen: list) -> str:
             seen.append(text)
         if re.search(pattern, text):
             return text
-        assert "failed" not in text.splitlines()[0] if text else True, \
-            f"the job failed:\n{text}\n{page.locator('#log textarea').input_value()}"
+        if text.startswith("error:") or re.match(r"job \w+: failed", text):
+            raise AssertionError(f"the job failed:\n{text}\n{page.locator('#log textarea').input_value()}")
         assert time.monotonic() < deadline, f"status never matched {pattern!r}; last: {text!r}"
         time.sleep(0.5)
 

@@ -108,7 +108,7 @@ def check_photos(folder: Path) -> List[str]:
 
 def environment_problem(preset: str, out_root: Path) -> Optional[str]:
     """``dreambooth3d doctor``'s table of what this machine lacks for ``preset``, or None."""
-    from ..doctor import MISSING, format_table, run_checks
+    from ..environment.doctor import MISSING, format_table, run_checks
 
     missing = [r for r in run_checks(preset, out=out_root) if r.status == MISSING]
     if not missing:

@@ -30,7 +30,7 @@ def job_choices(manager: JobManager) -> List[Tuple[str, str]]:
 
 def status_text(manager: JobManager, job: Job, notes: List[str] = ()) -> str:
     """The status box: the job's state (and queue position), the [n/7] step line and the bar."""
-    head = f"job {job.id}: {job.state}"
+    head = f"job {job.id}: {job.state} — {job.describe()}"
     pos = manager.position(job.id) if job.state == QUEUED else None
     if pos is not None:
         head += f" (position {pos} in the queue)"
@@ -115,7 +115,8 @@ def build(manager: JobManager, default_preset: str = "default") -> "gr.Blocks": 
                     pseudo_views = gr.Image(label="Pseudo multi-view images (stage 2)", type="filepath",
                                             interactive=False, elem_id="pseudo_views")
                     turntable = gr.Video(label="Turntable", interactive=False, elem_id="turntable")
-                mesh = gr.Model3D(label="Mesh (model.glb)", interactive=False, elem_id="mesh")
+                mesh = gr.Model3D(label="Mesh (model.glb): drag to turn it", interactive=False, height=360,
+                                  clear_color=(0.85, 0.85, 0.85, 1.0), elem_id="mesh")
                 download = gr.File(label="Download results/ and summary.html (zip)", interactive=False,
                                    elem_id="download")
                 log_box = gr.Textbox(label="What went wrong", lines=10, max_lines=30, interactive=False,
