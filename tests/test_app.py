@@ -196,14 +196,11 @@ def test_stop_ends_the_whole_group_and_resume_continues(fake):
 
 SERVER = textwrap.dedent(r'''
     import sys, time
-    from pathlib import Path
     from threestudio_dreambooth3d.app import jobs as J
-    root, script = sys.argv[1], sys.argv[2]
+    root, script, job_id = sys.argv[1:4]
     argv = lambda job: [sys.executable, script, "--out", str(job.out)]
     m = J.JobManager(root, slots=[None], argv_for=argv, check_environment=lambda p, r: None)
-    job, _ = m.create([(p.name, p) for p in sorted(Path(sys.argv[3]).iterdir())], "toy", "a sks toy on a table",
-                      "smoke", "dreambooth3d")
-    m.submit(job.id)
+    m.submit(job_id)
     time.sleep(120)
 ''')
 
@@ -212,10 +209,11 @@ def test_a_restarted_server_lists_the_job_as_unfinished_and_resumes_it(fake, tmp
     import signal
     import subprocess
 
+    job_id = new_job(fake()).id
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path / "jobs"), str(tmp_path / "fake_run.py"),
-                               str(RED_TOY)])
+                               job_id])
     try:
-        wait_for(lambda: list((tmp_path / "jobs").glob("*/out/child.pid")), timeout=120)
+        wait_for(lambda: list((tmp_path / "jobs").glob("*/out/child.pid")), timeout=60)
     finally:
         server.send_signal(signal.SIGKILL)  # the server dies without stopping its job
         server.wait()
@@ -223,8 +221,8 @@ def test_a_restarted_server_lists_the_job_as_unfinished_and_resumes_it(fake, tmp
     run_pid = json.loads((folder / J.JOB_FILE).read_text())["pid"]
     assert J._alive(run_pid)  # its run outlived it
     m = fake()
-    job = m.get(folder.name)
-    assert job.state == J.UNFINISHED and "Resume" in job.message
+    job = m.get(job_id)
+    assert folder.name == job_id and job.state == J.UNFINISHED and "Resume" in job.message
     assert not J._alive(run_pid)  # the old server's run was stopped: one run per folder
     assert [j.id for j in m.list()] == [job.id] and job.inputs.prompt == "a sks toy on a table"
     (job.out / "go").touch()

@@ -79,3 +79,15 @@ def test_a_finished_job_shows_its_results_and_a_failed_one_its_failure(fake):
 def test_host_warning_for_an_open_address():
     assert host_warning("127.0.0.1") == ""
     assert "every network this machine is on" in host_warning("0.0.0.0")
+
+
+def test_a_queued_job_shows_its_place(fake):
+    from threestudio_dreambooth3d.app.ui import view
+
+    m = fake()
+    first, second = (new_job(m, f"a sks toy number {i}") for i in range(2))
+    m.submit(first.id)
+    m.submit(second.id)
+    wait_for(lambda: first.state == J.RUNNING)
+    assert view(m, second)["status"].startswith(f"job {second.id}: queued (position 1 in the queue) — ")
+    assert view(m, first)["status"].startswith(f"job {first.id}: running — ")

@@ -57,11 +57,12 @@ class Server:
     def start(self) -> "Server":
         env = {**os.environ, "NO_COLOR": "1"}
         self.logf = open(self.log, "ab")
+        start = self.logf.tell()  # a restart appends to the same log
         self.proc = subprocess.Popen([sys.executable, "-m", "threestudio_dreambooth3d.cli", "app", "--out-root",
                                       str(self.out_root), "--preset", "smoke", "--port", str(self.port)],
                                      stdout=self.logf, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
-        while "Running on local URL" not in self.log.read_text(errors="replace"):
+        while "Running on local URL" not in self.log.read_bytes()[start:].decode(errors="replace"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError("the app did not start:\n" + self.log.read_text(errors="replace")[-3000:])
@@ -143,7 +144,7 @@ def test_browser_upload_run_restart_resume_download(threestudio, tmp_path):
             page.goto(server.url)
             page.wait_for_selector("#jobs")
             pick_job(page, "unfinished")
-            assert re.match(rf"job {job_dir.name}: unfinished", status(page))
+            wait_status(page, rf"^job {job_dir.name}: unfinished", 60, seen)
             page.locator("#resume").click()
             text = wait_status(page, r": finished", RUN_TIMEOUT_S, seen)
             assert "finetune: skipped" in (job_dir / "run.out").read_text().split("=== attempt 2")[-1]

@@ -30,11 +30,9 @@ def job_choices(manager: JobManager) -> List[Tuple[str, str]]:
 
 def status_text(manager: JobManager, job: Job, notes: List[str] = ()) -> str:
     """The status box: the job's state (and queue position), the [n/7] step line and the bar."""
-    head = f"job {job.id}: {job.state} — {job.describe()}"
     pos = manager.position(job.id) if job.state == QUEUED else None
-    if pos is not None:
-        head += f" (position {pos} in the queue)"
-    lines = [head]
+    where = f" (position {pos} in the queue)" if pos is not None else ""
+    lines = [f"job {job.id}: {job.state}{where} — {job.describe()}"]
     progress = job.progress()
     lines += [x for x in (progress.step, progress.bar) if x]
     if job.message:

@@ -29,8 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 serves every "
                    "network the machine is on, without a login)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--out-root", default="outputs/app", help="folder of the jobs, one subfolder each "
+    p.add_argument("--port", type=int, default=7860, metavar="PORT", help="port (default 7860)")
+    p.add_argument("--out-root", default="outputs/app", metavar="DIR", help="folder of the jobs, one subfolder each "
                    "(default outputs/app)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="the preset the page starts with (default: default; smoke: a CPU check in minutes)")
@@ -45,6 +45,10 @@ def host_warning(host: str) -> str:
     return (f"dreambooth3d app: warning: --host {host} serves the page to "
             + ("every network this machine is on" if everyone else f"whoever reaches {host}")
             + ", without a login; anyone who opens it can start runs on this machine.")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr, flush=True)
     manager = JobManager(out_root)
     # SIGTERM (a service manager, kill) ends like Ctrl-C: running jobs are stopped cleanly, resumable
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         page = build(manager, default_preset=args.preset)
         page.queue(default_concurrency_limit=8)
