@@ -525,7 +525,7 @@ class JobManager:
                     job.state, job.message = UNFINISHED, "the app stopped; Resume continues where it stopped"
                 elif stopped:
                     job.state, job.message = STOPPED, "stopped; Resume continues where it stopped"
-                elif code in (130, -signal.SIGINT, -signal.SIGTERM):
+                elif code in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # run: Ctrl-C, SIGTERM
                     job.state, job.message = UNFINISHED, "interrupted; Resume continues where it stopped"
                 else:
                     job.state, job.message = FAILED, ""
