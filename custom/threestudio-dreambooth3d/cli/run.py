@@ -58,6 +58,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--multiview-init", choices=["partial", "full"], default=None,
                    help="the first finetune's checkpoint the multi-view DreamBooth continues (default: the "
                    "preset's, partial, as in the paper; full = continue the fully trained model)")
+    p.add_argument("--rounds", type=int, default=1, metavar="K",
+                   help="bootstrapped rounds (DreamCraft3D's bootstrapping): repeat stage 2 -> multi-view finetune "
+                   "-> stage 3 K times, each round's pseudo views rendered from the previous round's final NeRF; "
+                   "round K>=2's steps are stage2_rK, multiview_finetune_rK, stage3_rK (default 1)")
     p.add_argument("--threestudio", default=None, help="threestudio checkout (default $THREESTUDIO_ROOT or the installed one)")
     p.add_argument("--configs", default=None, help="folder of this project's threestudio configs (default: the checkout's)")
     p.add_argument("--dry-run", action="store_true", help="print which steps would run and their commands, run nothing")
@@ -77,10 +81,25 @@ def build_context(args: argparse.Namespace) -> RunContext:
     out = output_folder(args)
     # the smoke preset's tiny model: its path now, built by build_tiny_model once the checks pass
     model = args.model or preset.model or str(out.resolve() / "models" / "tiny-sd")
-    return RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
-                      preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
-                      threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
-                      overrides=overrides, multiview_init=args.multiview_init, method=args.method)
+    ctx = RunContext(out=out, subject=Path(args.subject), class_noun=args.class_noun, prompt=args.prompt,
+                     preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
+                     threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
+                     overrides=overrides, multiview_init=args.multiview_init, method=args.method,
+                     rounds=getattr(args, "rounds", 1))
+    check_step_names(ctx, overrides, args.start_from)
+    return ctx
+
+
+def check_step_names(ctx: RunContext, overrides: Dict[str, List[str]], start_from) -> None:
+    """``--set``/``--from`` naming a step this run does not have (stage3_r3 with --rounds 2) is refused."""
+    from ..pipeline.steps import steps_for
+
+    names = [s.name for s in steps_for(ctx.method, ctx.rounds)]
+    bases = {s.base for s in steps_for(ctx.method, ctx.rounds)}
+    for step in [*overrides, *([step_name(start_from)] if start_from else [])]:
+        if step not in names and step not in bases:
+            raise ConfigError(f"step {step!r} is not part of this run ({', '.join(names)}); "
+                              + ("raise --rounds or " if "_r" in step else "") + "name one of those.")
 
 
 def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
@@ -176,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     check_finetune_options(ctx)
     from ..pipeline.steps import steps_for
 
-    runner = Runner(ctx, steps=steps_for(ctx.method), console=Console(verbosity(args)))
+    runner = Runner(ctx, steps=steps_for(ctx.method, ctx.rounds), console=Console(verbosity(args)))
     if args.dry_run:
         for d in runner.plan(args.start_from):
             print(f"{d.step.name}: {'run' if d.run else 'skip'} ({d.reason})")
@@ -189,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
-                                  "method": ctx.method, "final_step": ctx.final_nerf_step,
+                                  "method": ctx.method, "final_step": ctx.final_nerf_step, "rounds": ctx.rounds,
                                   "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
                                   "warnings": warnings})  # shown on summary.html
     t0 = time.monotonic()

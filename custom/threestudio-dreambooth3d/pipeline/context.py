@@ -9,6 +9,7 @@
     OUT/multiview_finetune/checkpoints/multiview   DreamBooth continued on the pseudo views
     OUT/{stage1,stage2,stage3,export}/run/         threestudio trials (ckpts/, save/, configs/parsed.yaml)
     OUT/pseudo_views/               the stage-2 pseudo-view set (images/view_XXX.png + .txt captions)
+    OUT/{stage2,multiview_finetune,stage3}_rK/, OUT/pseudo_views_rK/   round K >= 2 of `run --rounds`
     OUT/class_images/               prior-preservation images, shared by both finetunes
     OUT/logs/                       each command's full output
     OUT/.threestudio/               the working folder launch.py runs in (custom/ and load/ links)
@@ -32,6 +33,18 @@ MULTIVIEW_INITS = ("partial", "full")
 METHODS = ("dreambooth3d", "dreamboothfusion", "latentnerf")
 BASELINE_CONFIGS = {"dreamboothfusion": "dreamboothfusion-baseline.yaml",
                     "latentnerf": "latentnerf-dreambooth-baseline.yaml"}  # checkpoints of the first finetune the multi-view one may continue  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
+
+
+def round_step(base: str, round: int) -> str:
+    """The name (step, folder) of ``base`` in bootstrapping round ``round``: round 1 keeps the
+    plain name, so a one-round run is laid out as before; later rounds add ``_rK``."""
+    return base if round == 1 else f"{base}_r{round}"
+
+
+def split_round(name: str):
+    """``"stage3_r2"`` -> ``("stage3", 2)``; a plain name is round 1."""
+    m = re.fullmatch(r"(.+)_r([0-9]+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 1)
 
 
 def slug(text: str, max_len: int = 60) -> str:
@@ -62,10 +75,17 @@ class RunContext:
     # the first run's checkpoint the multi-view finetune continues (None: the preset's, "partial")
     multiview_init: Optional[str] = None
     method: str = "dreambooth3d"
+    # bootstrapped rounds of stage 2 -> multi-view finetune -> stage 3 (DreamCraft3D's bootstrapping)
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"--rounds must be a whole number >= 1, not {self.rounds!r}")
+        if self.rounds > 1 and self.method != "dreambooth3d":
+            raise ConfigError(f"--rounds repeats DreamBooth3D's stages 2-3; --method {self.method} has none. "
+                              "Leave --rounds out for a baseline.")
         self.multiview_init = self.multiview_init or self.preset.multiview_init
         if self.multiview_init not in MULTIVIEW_INITS:
             raise ConfigError(f"multiview_init must be one of {', '.join(MULTIVIEW_INITS)}, not {self.multiview_init!r}")
@@ -81,8 +101,9 @@ class RunContext:
     def multiview_dir(self) -> Path:
         return self.out / "multiview_finetune"
 
-    def checkpoint(self, name: str) -> Path:
-        folder = self.multiview_dir if name == "multiview" else self.finetune_dir
+    def checkpoint(self, name: str, round: int = 1) -> Path:
+        """A DreamBooth checkpoint: partial/full of the first finetune, or round ``round``'s multiview."""
+        folder = self.out / round_step("multiview_finetune", round) if name == "multiview" else self.finetune_dir
         return folder / "checkpoints" / name
 
     @property
@@ -115,8 +136,8 @@ class RunContext:
 
     @property
     def final_nerf_step(self) -> str:
-        """The step whose NeRF is the method's result (exported, evaluated)."""
-        return "stage3" if self.method == "dreambooth3d" else "baseline"
+        """The step whose NeRF is the method's result (exported, evaluated): the last round's stage 3."""
+        return round_step("stage3", self.rounds) if self.method == "dreambooth3d" else "baseline"
 
     def stage_config(self, step: str) -> str:
         """The config file (under configs/) of a threestudio step of this run's method."""
@@ -124,7 +145,10 @@ class RunContext:
 
     @property
     def pseudo_views_dir(self) -> Path:
-        return self.out / "pseudo_views"
+        return self.pseudo_views_for(1)
+
+    def pseudo_views_for(self, round: int) -> Path:
+        return self.out / round_step("pseudo_views", round)
 
     # -- browsing ----------------------------------------------------------------------
     @property

@@ -19,7 +19,7 @@ from ..finetune_options import FinetuneOptions, continuation_args
 from ..fs import sha256_files
 from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views
 from .commands import KEYS, Command, LaunchMode, dot, finetune_cli, launch_py
-from .context import RunContext
+from .context import RunContext, round_step, split_round
 from ..errors import ConfigError, MissingOutputError
 
 RunCommand = Callable[[Command], None]
@@ -48,6 +48,7 @@ def _subject_inputs(ctx: RunContext) -> Dict[str, Any]:
 class Step:
     name: str = ""
     title: str = ""
+    round: int = 1  # the bootstrapping round of a repeated step (stage 2, multi-view finetune, stage 3)
     upstream: Tuple[str, ...] = ()
     # an interrupted run may continue from its own saved state instead of starting over
     resumable: bool = False
@@ -56,9 +57,17 @@ class Step:
     def command(self, ctx: RunContext) -> Optional[Command]:
         return None
 
+    @property
+    def base(self) -> str:
+        """The step's name without its round: ``stage3_r2`` is a ``stage3``."""
+        return split_round(self.name)[0] if self.round > 1 else self.name
+
     def overrides(self, ctx: RunContext) -> List[str]:
-        """The preset's overrides for this step, then the user's (``--set``), so the user's win."""
-        return list(ctx.preset.overrides.get(self.name, [])) + list(ctx.overrides.get(self.name, []))
+        """The preset's overrides for this step, then the user's (``--set``), so the user's win.
+        A later round's step takes its kind's (``--set stage3:...``), then its own (``--set stage3_r2:...``)."""
+        names = [self.base] + ([self.name] if self.name != self.base else [])
+        return (list(ctx.preset.overrides.get(self.base, []))
+                + [o for n in names for o in ctx.overrides.get(n, [])])
 
     def inputs(self, ctx: RunContext) -> Dict[str, Any]:
         cmd = self.command(ctx)
@@ -140,7 +149,7 @@ class ThreestudioStage(Step):
     def config(self, ctx: RunContext) -> Path:
         """The config file: the method's file for this step under the configs folder."""
         assert ctx.configs_dir is not None
-        return ctx.configs_dir / ctx.stage_config(self.name)
+        return ctx.configs_dir / ctx.stage_config(self.base)
 
     def dotlist(self, ctx: RunContext) -> List[str]:
         """Our config keys for this step: the base model, the prompt, the DreamBooth checkpoint..."""
@@ -181,56 +190,96 @@ class Stage1(NerfStage):
         return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("partial"))]
 
 
+def _in_round(step: Step, base: str, round: int, title: str) -> None:
+    if round < 1:
+        raise ConfigError(f"round must be >= 1, not {round}")
+    step.round, step.name = round, round_step(base, round)
+    step.title = title + (f" (round {round})" if round > 1 else "")
+
+
 class Stage2(ThreestudioStage):
-    name, title = "stage2", "stage 2: pseudo multi-view images (stage-1 renders translated by the full model)"
-    upstream = ("finetune", "stage1")
-    mode = "--test"  # from the stage-1 checkpoint, translating orbit renders with the full model
+    """Pseudo views: renders of the stage-1 NeRF (round 1) or of the previous round's stage-3
+    NeRF (``run --rounds``), translated by the fully trained DreamBooth model."""
+
+    mode = "--test"  # from a NeRF checkpoint, translating orbit renders with the full model
+
+    def __init__(self, round: int = 1) -> None:
+        _in_round(self, "stage2", round, "stage 2: pseudo multi-view images (NeRF renders translated by the full model)")
+        self.upstream = ("finetune", self.source_nerf)
+
+    @property
+    def source_nerf(self) -> str:
+        """The NeRF step whose renders are translated."""
+        return "stage1" if self.round == 1 else round_step("stage3", self.round - 1)
 
     def dotlist(self, ctx):
         return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("full")),
-                                       dot("resume", ctx.last_ckpt("stage1")),
-                                       dot(KEYS["pseudo_views_out"], ctx.pseudo_views_dir),
+                                       dot("resume", ctx.last_ckpt(self.source_nerf)),
+                                       dot(KEYS["pseudo_views_out"], ctx.pseudo_views_for(self.round)),
                                        dot(KEYS["translation_prompt"], ctx.instance_prompt)]
 
+    def contact_sheet(self, ctx) -> Path:
+        return ctx.results_dir / f"{round_step('pseudo_views', self.round)}.png"
+
     def work_paths(self, ctx):
-        return super().work_paths(ctx) + [ctx.pseudo_views_dir, ctx.results_dir / "pseudo_views.png"]
+        return super().work_paths(ctx) + [ctx.pseudo_views_for(self.round), self.contact_sheet(ctx)]
 
     def collect(self, ctx):
         from ..core.pseudo_views import CONTACT_SHEET, read_pseudo_views
 
-        read_pseudo_views(_expect(ctx.pseudo_views_dir, "pseudo-view set", self.name, ctx))  # complete and readable
-        sheet = copy_into(ctx.pseudo_views_dir / CONTACT_SHEET, ctx.results_dir / "pseudo_views.png")
-        return {"pseudo_views": ctx.pseudo_views_dir, "contact_sheet": sheet}
+        folder = ctx.pseudo_views_for(self.round)
+        read_pseudo_views(_expect(folder, "pseudo-view set", self.name, ctx))  # complete and readable
+        sheet = copy_into(folder / CONTACT_SHEET, self.contact_sheet(ctx))
+        return {"pseudo_views": folder, "contact_sheet": sheet}
 
 
 class MultiviewFinetune(Finetune):
     """The multi-view DreamBooth: continues the first run's checkpoint (run --multiview-init) on
-    the photos plus the captioned pseudo views, training what the first run trained."""
+    the photos plus the captioned pseudo views, training what the first run trained. A later
+    round continues the previous round's multi-view checkpoint on that round's pseudo views."""
 
-    name, title = "multiview_finetune", "multi-view DreamBooth: continue the partial model on photos + pseudo views"
-    upstream = ("finetune", "stage2")
     checkpoint_names = ("multiview",)
 
+    def __init__(self, round: int = 1) -> None:
+        _in_round(self, "multiview_finetune", round,
+                  "multi-view DreamBooth: continue the partial model on photos + pseudo views")
+        self.upstream = ("finetune", round_step("stage2", round)) + (
+            (round_step("multiview_finetune", round - 1),) if round > 1 else ())
+
     def out_dir(self, ctx):
-        return ctx.multiview_dir
+        return ctx.out / self.name
+
+    def init_checkpoint(self, ctx) -> Path:
+        return ctx.checkpoint(ctx.multiview_init) if self.round == 1 else ctx.checkpoint("multiview", self.round - 1)
 
     def run_args(self, ctx):
         p = ctx.preset
         return ["--out", str(self.out_dir(ctx)), "--steps", str(p.multiview_steps),
                 "--checkpoints", f"multiview={p.multiview_steps}",
-                "--init-checkpoint", str(ctx.checkpoint(ctx.multiview_init)),
-                "--extra-images", str(ctx.pseudo_views_dir / "images")] + continuation_args(first_finetune_options(ctx))
+                "--init-checkpoint", str(self.init_checkpoint(ctx)),
+                "--extra-images", str(ctx.pseudo_views_for(self.round) / "images")] + continuation_args(first_finetune_options(ctx))
+
+    def collect(self, ctx):
+        return {"multiview": _expect(ctx.checkpoint("multiview", self.round) / "dreambooth.json",
+                                     "multiview checkpoint", self.name, ctx).parent}
 
 
 class Stage3(NerfStage):
-    name, title = "stage3", "stage 3: SDS with the multi-view model + pseudo-view reconstruction"
-    upstream = ("stage1", "stage2", "multiview_finetune")
-    video_name = "stage3_turntable.mp4"
+    """Round 1 starts from the stage-1 weights; a later round from the previous round's stage 3."""
 
-    def dotlist(self, ctx):  # starts from the stage-1 weights
-        return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview")),
-                                       dot(KEYS["pseudo_views_in"], ctx.pseudo_views_dir),
-                                       dot(KEYS["init_weights"], ctx.last_ckpt("stage1"))]
+    def __init__(self, round: int = 1) -> None:
+        _in_round(self, "stage3", round, "stage 3: SDS with the multi-view model + pseudo-view reconstruction")
+        self.video_name = f"{self.name}_turntable.mp4"
+        self.upstream = (self.init_nerf, round_step("stage2", round), round_step("multiview_finetune", round))
+
+    @property
+    def init_nerf(self) -> str:
+        return "stage1" if self.round == 1 else round_step("stage3", self.round - 1)
+
+    def dotlist(self, ctx):
+        return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("multiview", self.round)),
+                                       dot(KEYS["pseudo_views_in"], ctx.pseudo_views_for(self.round)),
+                                       dot(KEYS["init_weights"], ctx.last_ckpt(self.init_nerf))]
 
 
 class Baseline(NerfStage):
@@ -298,6 +347,10 @@ class Summary(Step):
     name, title = "summary", "summary page"
     upstream = ("finetune", "stage1", "stage2", "multiview_finetune", "stage3", "export")
 
+    def __init__(self, upstream: Optional[Tuple[str, ...]] = None) -> None:
+        if upstream is not None:
+            self.upstream = tuple(upstream)
+
     def inputs(self, ctx):
         return {"prompt": ctx.prompt}
 
@@ -311,7 +364,21 @@ class Summary(Step):
         return write_summary(ctx, Manifest(ctx.out), subject_photos(ctx))
 
 
-STEPS: List[Step] = [Finetune(), Stage1(), Stage2(), MultiviewFinetune(), Stage3(), Export(), Summary()]
+def round_steps(round: int) -> List[Step]:
+    """One bootstrapping round: stage 2 -> multi-view finetune -> stage 3."""
+    return [Stage2(round), MultiviewFinetune(round), Stage3(round)]
+
+
+def dreambooth3d_steps(rounds: int = 1) -> List[Step]:
+    """DreamBooth3D's steps; ``rounds`` > 1 repeats stage 2 -> multi-view finetune -> stage 3, each
+    round from the previous round's final NeRF, and exports the last round's."""
+    repeated = [s for r in range(1, rounds + 1) for s in round_steps(r)]
+    final = round_step("stage3", rounds)
+    steps = [Finetune(), Stage1(), *repeated, Export(final=final)]
+    return steps + [Summary(tuple(s.name for s in steps))]
+
+
+STEPS: List[Step] = dreambooth3d_steps(1)
 STEP_NAMES = [s.name for s in STEPS]
 
 
@@ -323,23 +390,31 @@ def stage_configs(ctx: RunContext) -> List[Path]:
 def get_step(name: str, method: str = "dreambooth3d") -> Step:
     """The step called ``name`` (aliases allowed) as ``method`` runs it."""
     name = step_name(name)
-    return next(s for s in steps_for(method) + STEPS if s.name == name)
+    rounds = split_round(name)[1]
+    return next(s for s in steps_for(method, rounds) + STEPS if s.name == name)
 
 
-def steps_for(method: str) -> List[Step]:
+def steps_for(method: str, rounds: int = 1) -> List[Step]:
     """The steps a method runs; a baseline skips stages 1-3 and the multi-view finetune."""
     if method == "dreambooth3d":
-        return list(STEPS)
-    summary = Summary()
-    summary.upstream = ("finetune", "baseline", "export")
-    return [Finetune(), Baseline(), Export(final="baseline"), summary]
+        return dreambooth3d_steps(rounds)
+    return [Finetune(), Baseline(), Export(final="baseline"), Summary(("finetune", "baseline", "export"))]
 
 
 ALIASES = {"multiview": "multiview_finetune", "mesh": "export"}
 
 
+REPEATED = ("stage2", "multiview_finetune", "stage3")  # the steps `run --rounds` repeats
+
+
 def step_name(name: str) -> str:
+    """A step's name from what a user typed (aliases; ``stage3_r2`` for round 2 of ``--rounds``)."""
+    base, round = split_round(name)
+    base = ALIASES.get(base, base)
+    if round > 1 and base in REPEATED:
+        return round_step(base, round)
     name = ALIASES.get(name, name)
     if name not in STEP_NAMES + ["baseline"]:  # "baseline": the NeRF step of --method dreamboothfusion/latentnerf
-        raise ConfigError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)} (baseline methods: baseline)")
+        raise ConfigError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)} (baseline methods: baseline; "
+                          f"later rounds of --rounds: {', '.join(r + '_r2' for r in REPEATED)}, ...)")
     return name

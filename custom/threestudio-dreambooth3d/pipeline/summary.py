@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 from ..fs import atomic_write_text
 from .artifacts import MESH_VIEWS, copy_into
-from .context import RunContext
+from .context import RunContext, round_step, split_round
 from .manifest import Manifest
 
 # -- the page ---------------------------------------------------------------------------------
@@ -111,16 +111,22 @@ def _sections(ctx: RunContext) -> Dict[str, List[str]]:
     def have(rel: str) -> bool:
         return (ctx.out / rel).exists()
 
-    results = ctx.rel(ctx.results_dir)
-    videos = sorted(ctx.rel(p) for p in ctx.results_dir.glob("*_turntable.mp4"))
+    def by_round(paths, suffix: str) -> List[str]:
+        # stage1, stage3, stage3_r2, ... : every round's in order (round 10 after round 9)
+        return [ctx.rel(p) for p in sorted(paths, key=lambda p: split_round(p.name[: -len(suffix)])[::-1])]
+
+    rounds = range(1, ctx.rounds + 1)
+    videos = by_round(ctx.results_dir.glob("*_turntable.mp4"), "_turntable.mp4")
+    sheets = by_round(ctx.results_dir.glob("pseudo_views*.png"), ".png")
     mesh = sorted(ctx.rel(p) for p in ctx.mesh_dir.glob("*")) if ctx.mesh_dir.is_dir() else []
-    checkpoints = [ctx.rel(p) for p in (ctx.checkpoint("partial"), ctx.checkpoint("full"), ctx.checkpoint("multiview"),
-                                        ctx.last_ckpt("stage1"), ctx.last_ckpt("stage3"))]
+    checkpoints = [ctx.rel(p) for p in (ctx.checkpoint("partial"), ctx.checkpoint("full"),
+                                        *(ctx.checkpoint("multiview", r) for r in rounds), ctx.last_ckpt("stage1"),
+                                        *(ctx.last_ckpt(round_step("stage3", r)) for r in rounds))]
     return {
         "videos": [v for v in videos if have(v)],
-        "contact_sheet": [r for r in [f"{results}/pseudo_views.png"] if have(r)],
+        "contact_sheet": [r for r in sheets if have(r)],
         "mesh": mesh,
-        "mesh_views": [r for r in [f"{results}/{MESH_VIEWS}"] if have(r)],
+        "mesh_views": [r for r in [ctx.rel(ctx.results_dir / MESH_VIEWS)] if have(r)],
         "checkpoints": [c for c in checkpoints if have(c)],
     }
 
@@ -147,7 +153,8 @@ def describe(ctx: RunContext, manifest: Manifest, subject: Sequence[Path]) -> Pa
     return Page(f"DreamBooth3D: {ctx.prompt}", intro, [
         Section("Subject photos", Images([ctx.rel(p) for p in subject], thumbnails=True)),
         Section("Turntables", Videos(sec["videos"])),
-        Section("Pseudo multi-view images (stage 2)", Images(sec["contact_sheet"], alt="pseudo views")),
+        Section("Pseudo multi-view images (stage 2" + (", every round" if ctx.rounds > 1 else "") + ")",
+                Images(sec["contact_sheet"], alt="pseudo views")),
         Section("Mesh", [Images(sec["mesh_views"], alt="the exported mesh"), Links(sec["mesh"])]),
         Section(EVAL_TITLE, Evaluation(_eval_results(ctx))),
         Section("Checkpoints", CodeList(sec["checkpoints"])),

@@ -208,7 +208,7 @@ def stage_specs(ctx) -> List[StageSpec]:
 
     specs: Dict[str, StageSpec] = {}
     final = ctx.final_nerf_step
-    for step in steps_for(ctx.method):
+    for step in steps_for(ctx.method, ctx.rounds):
         if not step.needs_threestudio:
             continue
         argv = step.command(ctx).argv
