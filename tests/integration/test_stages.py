@@ -223,3 +223,38 @@ def test_stage3_reconstruction_is_weighted_by_the_dilated_pseudo_view_mask(three
     system.cfg.rec_mask_weighting = True
     with pytest.raises(ValueError, match="rec_mask_weighting"):
         system.reconstruction_losses(pseudo)
+
+
+def test_stage2_filters_its_translations_and_can_translate_with_the_scene_prompt(
+        threestudio, project, threestudio_root, tiny_sd_path, dreambooth_run, stage1):
+    import json
+
+    from threestudio_dreambooth3d.core.pseudo_views import read_pseudo_views
+
+    out = project / "pseudo_views_filtered"
+    launch(project, threestudio_root, "stage2", "--test",
+           f"resume={stage1 / 'ckpts' / 'last.ckpt'}", f"system.pseudo_views_dir={out}",
+           f"system.prompt_processor.prompt={SCENE_PROMPT}", "system.translation_prompt=scene",
+           "system.pseudo_view_filter.keep_fraction=0.5", "system.pseudo_view_filter.min_views=2",
+           *model_args(tiny_sd_path, dreambooth_run))
+    report = json.loads((out / "filter.json").read_text())
+    kept = [v["index"] for v in report["views"] if v["keep"]]
+    assert report["total"] == 4 and len(kept) == 2
+    s = read_pseudo_views(out)  # what the multi-view finetune and stage 3 read: the kept views only
+    assert s.names == [f"view_{i:03d}" for i in kept]
+    assert len(list((out / "dropped").glob("view_*.png"))) == 2
+    # the worst render differences were dropped
+    diffs = sorted(v["render_difference"] for v in report["views"])
+    assert max(v["render_difference"] for v in report["views"] if v["keep"]) <= diffs[1]
+    assert all(c.startswith(SCENE_PROMPT) for c in s.captions)  # translated with the scene's context
+
+
+def test_stage3_reconstruction_weight_follows_a_schedule(threestudio, project, threestudio_root, tiny_sd_path,
+                                                         dreambooth_run, stage1, stage2):
+    trial = launch(project, threestudio_root, "stage3", "--train", "trainer.max_steps=2",
+                   f"data.pseudo_views_dir={stage2}", f"system.weights={stage1 / 'ckpts' / 'last.ckpt'}",
+                   "system.loss.lambda_rec=[0,1000.0,10.0,1]", "tag=schedule",
+                   *model_args(tiny_sd_path, dreambooth_run / "checkpoints" / "full")).parent / "schedule"
+    rows = list(csv.DictReader(open(trial / "csv_logs" / "version_0" / "metrics.csv")))
+    weights = [float(r["train_params/lambda_rec"]) for r in rows if r.get("train_params/lambda_rec")]
+    assert weights == [1000.0, 10.0]  # decayed from step 0 to step 1

@@ -104,6 +104,13 @@ def _to_uint8_images(images: ImagesLike, what: str, channels: int) -> List[np.nd
     return out
 
 
+def to_pil_images(images: ImagesLike) -> list:
+    """Images (any form :func:`write_pseudo_views` takes) as PIL RGB images, e.g. for an encoder."""
+    from PIL import Image
+
+    return [Image.fromarray(a) for a in _to_uint8_images(images, "image", 3)]
+
+
 def _camera_records(cameras: Any, n: int) -> List[Dict[str, Any]]:
     """Per-view camera entries from a camera batch (threestudio keys, fovy in radians),
     a list of one-view batches, or a list of cameras.json entries (``*_deg`` keys)."""

@@ -149,3 +149,13 @@ class DinoEncoder(_ImageEncoder):
 
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+
+
+def load_image_encoder(source: Source, device=None) -> _ImageEncoder:
+    """A CLIP (its image tower) or a DINO/DINOv2 encoder, by the folder's or hub id's model type:
+    what CLIP-I and DINO use, for anything that compares pictures with the subject photos."""
+    from transformers import AutoConfig
+
+    config = _from_pretrained("image encoder", source, lambda kw: AutoConfig.from_pretrained(str(source), **kw))
+    loader = ClipEncoder if config.model_type == "clip" else DinoEncoder
+    return loader.load(source, device=device)

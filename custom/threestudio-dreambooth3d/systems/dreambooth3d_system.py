@@ -7,9 +7,12 @@
   orbit), translates the renders with the *full* checkpoint (img2img, batched) and writes
   the pseudo-view set (images, their cameras, masks from the render's opacity, a contact
   sheet) to ``pseudo_views_dir``. Translation prompts and captions are the subject prompt
-  (the checkpoint's ``a sks <class>`` unless ``translation_prompt`` is set) made
+  (the checkpoint's ``a sks <class>``), the stage's prompt or a custom one
+  (``translation_prompt``: subject | scene | text, core :mod:`~..core.translation`) made
   view-dependent exactly as ``system.prompt_processor`` makes the SDS prompts (its
-  thresholds and prefix/suffix style, core :class:`~..core.views.ViewPrompts`).
+  thresholds and prefix/suffix style, core :class:`~..core.views.ViewPrompts`). The
+  translated views are scored and the worst dropped (``pseudo_view_filter``, core
+  :mod:`~..core.view_filter`); only the kept views are the set.
 * ``stage: 3`` - stage 1's loss plus ``lambda_rec`` x MSE between a render at the pseudo
   camera of the step and that pseudo view (weighted by the view's mask when
   ``rec_mask_weighting``: the background is ignored), optionally ``lambda_rec_mask`` x
@@ -21,7 +24,7 @@ writes the turntable video; ``--export`` uses threestudio's exporters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -40,8 +43,11 @@ class DreamBooth3DSystem(DreamFusion):
         stage: int = 1
         # stage 2: where the pseudo-view set goes and how renders are translated
         pseudo_views_dir: Optional[str] = None
-        # default: the subject prompt the checkpoint was trained with ("a sks dog"), not the scene prompt
+        # subject (default: the prompt the checkpoint was trained with, "a sks dog"), scene (the
+        # stage's prompt, with its context) or a custom text (core/translation.py)
         translation_prompt: Optional[str] = None
+        # core.view_filter.ViewFilterConfig's keys; {"enabled": false} keeps every view
+        pseudo_view_filter: dict = field(default_factory=dict)
         view_dependent_translation: bool = True  # per camera, in the prompt processor's style
         translation_seed: int = 0
         # stage 3: weight the reconstruction MSE by the pseudo view's mask (stage-1 opacity),
@@ -61,7 +67,14 @@ class DreamBooth3DSystem(DreamFusion):
             raise ValueError(f"system.rec_mask_dilation must be >= 0 pixels, not {self.cfg.rec_mask_dilation}")
         if self.cfg.pseudo_view_shading not in ("albedo", "diffuse"):
             raise ValueError(f"system.pseudo_view_shading must be albedo or diffuse, not {self.cfg.pseudo_view_shading!r}")
+        self.view_filter  # a bad pseudo_view_filter is reported before any work
         super().configure()
+
+    @property
+    def view_filter(self):
+        from ..core.view_filter import ViewFilterConfig
+
+        return ViewFilterConfig.from_dict(OmegaConf.to_container(OmegaConf.create(self.cfg.pseudo_view_filter)))
 
     # -- stages 1 and 3: training ---------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -161,14 +174,16 @@ class DreamBooth3DSystem(DreamFusion):
         return ViewPrompts.from_config(self.cfg.prompt_processor)
 
     def subject_prompt(self) -> str:
-        """``translation_prompt``, else the prompt the stage's DreamBooth checkpoint was trained on."""
-        if self.cfg.translation_prompt:
-            from ..core.config_text import decode_literal
-
-            return decode_literal(self.cfg.translation_prompt)
+        """The translation prompt ``translation_prompt`` chooses: the prompt the stage's DreamBooth
+        checkpoint was trained on (subject), the stage's prompt (scene) or a custom text."""
         from ..core.checkpoints import read_meta
+        from ..core.config_text import decode_literal
+        from ..core.translation import translation_base_prompt
 
-        return read_meta(self.guidance.checkpoint_path)["instance_prompt"]
+        # user text reaches the config percent-encoded when it holds "${" (core/config_text.py)
+        return translation_base_prompt(decode_literal(self.cfg.translation_prompt),
+                                       lambda: read_meta(self.guidance.checkpoint_path)["instance_prompt"],
+                                       decode_literal(self.cfg.prompt_processor.prompt))
 
     def translation_prompts(self, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor) -> List[str]:
         prompt = self.subject_prompt()
@@ -185,10 +200,30 @@ class DreamBooth3DSystem(DreamFusion):
         threestudio.info(f"Translating {len(prompts)} renders with {self.guidance.checkpoint_path} ...")
         renders_rgb = cat["rgb"].clamp(0, 1)
         translated = self.guidance.translate(renders_rgb.to(self.device), prompts, seed=self.cfg.translation_seed)
+        translated = translated.float().cpu()
+        masks = cat["opacity"].clamp(0, 1)
+        decisions, report = self.filter_views(translated, renders_rgb, masks)
         folder = write_pseudo_views(
-            self.cfg.pseudo_views_dir, translated.float().cpu(), cat, captions=prompts,
-            masks=cat["opacity"].clamp(0, 1), renders=renders_rgb,
+            self.cfg.pseudo_views_dir, translated, cat, captions=prompts, masks=masks, renders=renders_rgb,
             view_names=self.view_prompts.names(cat["elevation"], cat["azimuth"]),
+            decisions=decisions, filter_info=report,
         )
-        threestudio.info(f"Pseudo-view set ({len(prompts)} views) written to {folder}")
+        threestudio.info(f"Pseudo-view set ({report['kept']} of {len(prompts)} views kept) written to {folder}")
         return folder
+
+    def filter_views(self, translated: torch.Tensor, renders: torch.Tensor, masks: torch.Tensor):
+        """Score the translations (core.view_filter); with an encoder, also against the photos."""
+        from ..core.view_filter import filter_views
+
+        cfg = self.view_filter
+        view_emb = photo_emb = None
+        if cfg.enabled and cfg.subject_encoder:
+            from ..core.pseudo_views import to_pil_images
+            from ..evaluation.encoders import load_image_encoder
+            from ..evaluation.run_eval import load_subject_photos
+
+            encoder = load_image_encoder(cfg.subject_encoder, device=self.device)
+            view_emb = encoder.embed_images(to_pil_images(translated))
+            photo_emb = encoder.embed_images(load_subject_photos(cfg.subject_dir)[0])
+            del encoder
+        return filter_views(translated, renders, masks, cfg, view_emb, photo_emb)
