@@ -95,6 +95,15 @@ def test_every_cell_is_a_finished_run_with_its_own_seed(sweep):
         assert finetune[finetune.index("--class-noun") + 1] == ("stuffed animal" if subject == "bear_plushie" else "dog")
         scores = json.loads((path.parent / "eval" / "eval.json").read_text())
         assert scores["prompt"] == prompts[subject] and scores["views"]["count"] >= 2
+        # scored: the final stage's frames, retrieved among the subject's other prompts and its bare class
+        final = "stage3" if method == "dreambooth3d" else "baseline"
+        assert scores["views"]["stage"] == final and f"/{final}/" in scores["views"]["folder"]
+        noun = "stuffed animal" if subject == "bear_plushie" else "dog"
+        others = scores["distractors"]["prompts"]
+        assert f"a {noun} in the jungle" in others and f"a {noun}" in others
+        assert scores["distractors"]["subject_prompts"].endswith(f"prompts/{subject}.txt")
+        for model in scores["clip"].values():  # a Janus score per CLIP model, from a turntable with a back view
+            assert model["janus"]["back_frames"] >= 1 and 0.0 <= model["janus"]["janus"] <= 1.0
 
 
 def test_report_has_the_table_and_a_frame_grid(sweep):
@@ -104,13 +113,16 @@ def test_report_has_the_table_and_a_frame_grid(sweep):
         row = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
         assert row.rstrip().endswith("| 2 |")  # both subjects behind every entry
         assert re.search(r"\| \d\.\d{3} ± \d\.\d{3} \|", row)
-    assert "R-precision clip" in table.splitlines()[0] and "DINO" in table.splitlines()[0]
+    header = table.splitlines()[0]
+    assert "R-precision clip" in header and "DINO" in header and "Janus (clip) ↓" in header
     rows = list(csv.DictReader(open(report / "per_subject.csv")))
     assert sorted((r["method"], r["subject"]) for r in rows) == sorted(
         (m, s) for m in sweep["methods"] for s in ("bear_plushie", "dog"))
     page = (report / "index.html").read_text()
     srcs = re.findall(r"<img src='([^']+)'", page)
     assert len(srcs) == len(sweep["cells"]) and all((report / s).is_file() for s in srcs)
+    assert all(s.endswith(".gif") for s in srcs)  # each method's turntable playing, side by side
+    assert page.count("Janus (clip) ↓: ") == len(sweep["cells"])  # the scores under each
     assert "sweep: done dog/" in sweep["first"]
 
 
