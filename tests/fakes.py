@@ -62,7 +62,7 @@ class FakeExecutor:
         self.calls.append(cmd.log_name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(cmd.shell() + "\n")
-        if cmd.log_name in ("finetune", "multiview_finetune"):
+        if cmd.log_name == "finetune" or cmd.log_name.startswith("multiview_finetune"):
             return self._finetune(cmd.argv)
         argv = cmd.argv[cmd.argv.index("--config"):]
         dot = OmegaConf.from_cli([a for a in argv if "=" in a and not a.startswith("--")])

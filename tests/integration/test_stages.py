@@ -116,8 +116,8 @@ def test_stage1_trains_one_sds_step_and_writes_the_turntable(threestudio, stage1
     trained = ckpt["state_dict"]
     moved = [k for k, v in init.state_dict().items() if k.startswith("geometry.") and not torch.equal(v, trained[k])]
     assert moved and all(torch.isfinite(trained[k]).all() for k in moved)
-    # test phase: 4 orbit frames and the turntable video
-    assert len(list((stage1 / "save" / "it1-test").glob("*.png"))) == 4
+    # test phase: 5 orbit frames and the turntable video
+    assert len(list((stage1 / "save" / "it1-test").glob("*.png"))) == 5
     assert (stage1 / "save" / "it1-test.mp4").stat().st_size > 0
 
 

@@ -20,14 +20,16 @@ STAGE: List[str] = [
     # render resolution (the latent resolution follows the model)
     f"data.width={RENDER_SIZE}", f"data.height={RENDER_SIZE}",
     f"data.eval_width={RENDER_SIZE}", f"data.eval_height={RENDER_SIZE}",
-    # steps: training steps, validation once at the end, a 4-view orbit
+    # steps: training steps, validation once at the end, a 5-frame turntable (azimuths 0, 90,
+    # 180, 270, 360: one back view, so the Janus score has a frame to judge)
     f"trainer.max_steps={TRAIN_STEPS}", f"trainer.val_check_interval={TRAIN_STEPS}",
-    "data.n_val_views=1", "data.n_test_views=4",
+    "data.n_val_views=1", "data.n_test_views=5",
 ]
 
 OVERRIDES: Dict[str, List[str]] = {
     "stage1": STAGE,
-    "stage2": STAGE + ["system.guidance.translation_steps=4"],  # img2img denoising steps
+    # 4 pseudo views; img2img denoising steps
+    "stage2": STAGE + ["data.n_test_views=4", "system.guidance.translation_steps=4"],
     "stage3": STAGE,
     # latentnerf-dreambooth-baseline.yaml: training renders are latents (16 x 16, the tiny SD's
     # latent size); evaluation renders at the image size, so decoded latents and opacity share

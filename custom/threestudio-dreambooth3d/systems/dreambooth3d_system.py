@@ -219,11 +219,12 @@ class DreamBooth3DSystem(DreamFusion):
         view_emb = photo_emb = None
         if cfg.enabled and cfg.subject_encoder:
             from ..core.pseudo_views import to_pil_images
+            from ..core.subject import list_subject_images, load_image
             from ..evaluation.encoders import load_image_encoder
-            from ..evaluation.run_eval import load_subject_photos
 
             encoder = load_image_encoder(cfg.subject_encoder, device=self.device)
             view_emb = encoder.embed_images(to_pil_images(translated))
-            photo_emb = encoder.embed_images(load_subject_photos(cfg.subject_dir)[0])
+            # the photos as eval reads them for CLIP-I/DINO: native size, each encoder resizes its way
+            photo_emb = encoder.embed_images([load_image(p, resolution=None) for p in list_subject_images(cfg.subject_dir)])
             del encoder
         return filter_views(translated, renders, masks, cfg, view_emb, photo_emb)
