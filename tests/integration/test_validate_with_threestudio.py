@@ -27,6 +27,10 @@ def _with(spec: StageSpec, *overrides: str) -> StageSpec:
 def test_the_pipeline_configs_load(specs):
     for spec in specs.values():
         assert validate_stage(spec) == [], spec.step
+    # the switches of docs/PSEUDO_VIEWS.md are valid overrides
+    assert validate_stage(_with(specs["stage2"], "system.translation_prompt=scene",
+                                "system.pseudo_view_filter.enabled=false")) == []
+    assert validate_stage(_with(specs["stage3"], "system.loss.lambda_rec=[0,1000.0,100.0,5000]")) == []
 
 
 @pytest.mark.parametrize("step, override, expected", [
@@ -42,6 +46,9 @@ def test_the_pipeline_configs_load(specs):
     ("stage1", "data.no_such=1", "stage1: config key data"),
     ("stage3", "system.weights=/no/such/stage1.ckpt", "stage3: --set system.weights=/no/such/stage1.ckpt: no such file"),
     ("stage1", "system.guidance_type=no-such-guidance", "'no-such-guidance' is not a registered threestudio guidance"),
+    ("stage2", "system.pseudo_view_filter.keepfraction=0.5",
+     "stage2: config key system.pseudo_view_filter: pseudo_view_filter.keepfraction is not an option"),
+    ("stage2", "system.pseudo_view_filter.keep_fraction=0", "pseudo_view_filter.keep_fraction must be in (0, 1]"),
 ])
 def test_bad_override_names_stage_and_key(specs, step, override, expected):
     errors = validate_stage(_with(specs[step], override))

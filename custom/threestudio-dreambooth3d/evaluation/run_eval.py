@@ -132,8 +132,8 @@ def find_run_views(run_dir: Union[str, Path], stage: Optional[str] = None) -> Tu
     if not chosen:
         have = sorted({c[2] for c in candidates if c[0][0]} or {c[2] for c in candidates})
         what = f"step {want!r}" if want else "the final stage (stage3 or baseline)"
-        hint = (f"Pass --stage {have[0][len('stage'):] if have[0].startswith('stage') else have[0]} to score "
-                f"{have[0]}'s frames instead, " if have else "")
+        flag = have[0][len("stage"):] if have and re.fullmatch(r"stage[0-9]+", have[0]) else (have or [""])[0]
+        hint = f"Pass --stage {flag} to score {have[0]}'s frames instead, " if have else ""
         raise EvalInputError(
             f"{run_dir} has no rendered frames of {what}; frames exist for: {', '.join(have) or 'nothing'}. "
             f"{hint}or finish the run (dreambooth3d run ... with the same --out) so the final stage renders its turntable."

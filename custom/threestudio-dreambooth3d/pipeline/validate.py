@@ -89,6 +89,15 @@ def validate_stage(spec: StageSpec) -> List[str]:
             return None
 
     system = parse("system", cfg.system_type, "system", cfg.system)
+    if system is not None and getattr(system, "pseudo_view_filter", None):
+        from omegaconf import OmegaConf
+
+        from ..core.view_filter import ViewFilterConfig
+
+        try:  # a dict in the system's Config: its keys are checked here, not at stage 2
+            ViewFilterConfig.from_dict(OmegaConf.to_container(OmegaConf.create(system.pseudo_view_filter)))
+        except (ConfigError, TypeError) as e:
+            errors.append(f"{spec.step}: config key system.pseudo_view_filter: {e}")
     if system is not None:
         for part in SYSTEM_PARTS:
             type_name = getattr(system, f"{part}_type", None)
