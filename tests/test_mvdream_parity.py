@@ -168,20 +168,24 @@ def test_standard_cameras_match_get_camera():
         assert torch.allclose(mvdream_camera(got.reshape(-1, 4, 4)), got, atol=1e-6)
 
 
-def test_released_sd21_4view_layout_maps_key_for_key():
-    """The default layout is the original's sd-v2-base.yaml, and every one of its UNet weights
-    lands on a weight of ours of the same shape (built on the meta device: no memory)."""
+@pytest.mark.parametrize("yaml_name", ["sd-v2-base.yaml", "sd-v1.yaml"])
+def test_released_layouts_map_key_for_key(yaml_name):
+    """The default layout is the original's sd-v2-base.yaml; for it and sd-v1.yaml (sd-v1.5-4view)
+    every UNet weight lands on a weight of ours of the same shape (built on the meta device)."""
     from threestudio_dreambooth3d.core.mvdream_convert import (SD21_4VIEW_UNET, _check_fit, diffusers_unet_config,
                                                                key_map, read_ldm_unet_params)
 
-    yaml = Path(camera_utils.__file__).parent / "configs" / "sd-v2-base.yaml"
-    if yaml.is_file():
-        released = read_ldm_unet_params(yaml)
-        assert {k: released[k] for k in SD21_4VIEW_UNET} == SD21_4VIEW_UNET
+    yaml = Path(camera_utils.__file__).parent / "configs" / yaml_name
+    if not yaml.is_file():
+        pytest.skip(f"{yaml} not in this MVDream checkout")
+    params = read_ldm_unet_params(yaml)
+    if yaml_name == "sd-v2-base.yaml":
+        assert {k: params[k] for k in SD21_4VIEW_UNET} == SD21_4VIEW_UNET
+    params = {k: v for k, v in params.items() if k != "use_checkpoint"}
     with torch.device("meta"):
-        original = openaimodel.MultiViewUNetModel(**SD21_4VIEW_UNET)
-        ours = MultiViewUNet(**diffusers_unet_config(SD21_4VIEW_UNET))
+        original = openaimodel.MultiViewUNetModel(**params)
+        ours = MultiViewUNet(**diffusers_unet_config(params))
     state = original.state_dict()
-    mapping = key_map(SD21_4VIEW_UNET, state)
+    mapping = key_map(params, state)
     assert set(mapping) == set(state)
-    _check_fit({mapping[k]: v for k, v in state.items()}, ours, "sd-v2.1-base-4view")
+    _check_fit({mapping[k]: v for k, v in state.items()}, ours, yaml_name)
