@@ -7,6 +7,7 @@ from dataclasses import fields
 import pytest
 
 from threestudio_dreambooth3d import cli
+from threestudio_dreambooth3d.errors import ConfigError
 from threestudio_dreambooth3d.finetune_options import FinetuneOptions, continuation_args
 
 REQUIRED = ["--subject", "photos", "--class-noun", "dog", "--out", "out"]
@@ -102,5 +103,5 @@ def test_later_flags_win_and_a_continuation_keeps_what_the_first_run_trained():
     assert opts.mode == "full" and opts.train_text_encoder
     assert continuation_args(opts) == ["--mode", "full", "--train-text-encoder"]
     assert continuation_args(FinetuneOptions.parse(REQUIRED)) == ["--mode", "lora"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--mode"):  # parse raises (the pipeline checks options up front)
         FinetuneOptions.parse(REQUIRED + ["--mode", "half"])
