@@ -83,6 +83,15 @@ def test_multi_view_survives_another_attention_processor(unet):
                                unet(x, 9, encoder_hidden_states=ctx, camera=cam, num_frames=4).sample)
 
 
+def test_gradient_checkpointing_keeps_the_views_together():
+    # full-mode finetuning checkpoints by default: the views must still see each other
+    model = tiny_mvdream_unet(seed=0).train()
+    x, ctx, cam = _inputs(4)
+    plain = model(x, 9, encoder_hidden_states=ctx, camera=cam, num_frames=4).sample
+    model.enable_gradient_checkpointing()
+    torch.testing.assert_close(model(x, 9, encoder_hidden_states=ctx, camera=cam, num_frames=4).sample, plain)
+
+
 def test_timestep_scalar_or_per_sample(unet):
     x, ctx, cam = _inputs(4)
     with torch.no_grad():

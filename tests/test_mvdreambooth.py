@@ -111,6 +111,13 @@ def test_parameter_preservation_holds_the_adapters_back(tiny_mvdream_path, subje
     assert 0 < moved[1e3] < 0.5 * moved[0.0]
 
 
+def test_full_mode_measures_the_change_since_the_start(tiny_mvdream_path, subject_dir, tmp_path):
+    cfg = make_cfg(tiny_mvdream_path, subject_dir, tmp_path, prior_preservation=False, mode="full",
+                   learning_rate=1e-3, max_steps=2, checkpoint_steps={"full": 2})
+    history = MVDreamBoothTrainer(cfg).train().history
+    assert history[0]["param_loss"] == 0.0 < history[1]["param_loss"]
+
+
 def test_finetune_cli_with_mvdream(tiny_mvdream_path, tiny_sd_path, subject_dir, tmp_path, capsys):
     from threestudio_dreambooth3d import cli
 
