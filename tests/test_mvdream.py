@@ -200,6 +200,16 @@ def test_released_layout_converts_back_to_the_same_model(unet, released_ckpt, ti
         __import__("json").loads((tiny_sd_path / "vae" / "config.json").read_text())["scaling_factor"])
 
 
+def test_legacy_torch_format_and_state_dict_wrapper(unet, released_ckpt, tiny_yaml, tiny_sd_path, tmp_path):
+    # torch's pre-zip format cannot be memory-mapped; Lightning-style files wrap the weights in "state_dict"
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": torch.load(released_ckpt)}, legacy, _use_new_zipfile_serialization=False)
+    out = convert_mvdream_checkpoint(legacy, base=str(tiny_sd_path), out=tmp_path / "mv", config=tiny_yaml)
+    loaded = MultiViewUNet.from_pretrained(str(out) + "/unet")
+    for k, v in unet.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
 def test_converter_refuses_a_layout_that_does_not_fit(released_ckpt, tiny_sd_path, tmp_path):
     with pytest.raises(ConfigError, match="--config"):  # the default (sd-v2.1-base-4view) layout
         convert_mvdream_checkpoint(released_ckpt, base=str(tiny_sd_path), out=tmp_path / "mv")

@@ -208,10 +208,12 @@ def unet_from_original(state: Mapping[str, torch.Tensor], params: Mapping[str, A
     if unmapped:
         raise ConfigError(f"{source}: UNet keys the MVDream layout has no place for: {unmapped[:3]}. "
                           "Pass the original's LDM yaml for this checkpoint with --config.")
-    converted = {mapping[k]: v for k, v in unet_state.items()}
-    unet = MultiViewUNet(**diffusers_unet_config(params))
+    converted = {mapping[k]: v.float() for k, v in unet_state.items()}
+    # built without memory and given the checkpoint's tensors: no random init of 865M weights, no copy
+    with torch.device("meta"):
+        unet = MultiViewUNet(**diffusers_unet_config(params))
     _check_fit(converted, unet, source)
-    unet.load_state_dict(converted)
+    unet.load_state_dict(converted, assign=True)
     return unet
 
 
@@ -247,7 +249,10 @@ def read_original_checkpoint(path: PathLike) -> Dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:  # memory-mapped: only the UNet's tensors are read from the 5 GB file
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a checkpoint in torch's legacy (non-zip) format cannot be mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ModelLoadError(f"cannot read MVDream checkpoint {path}: {e}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
