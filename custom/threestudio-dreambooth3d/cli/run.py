@@ -170,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.lock import folder_lock
 
     out = output_folder(args)
+    if verbosity(args) >= 0:
+        # the checks below import torch, diffusers and threestudio: seconds of silence otherwise
+        print(f"dreambooth3d run: checking the photos, packages, threestudio and the stage configs before any work "
+              f"(output: {out})", flush=True)
     check_output_folder(out)
     with (nullcontext() if args.dry_run else folder_lock(out)):
         with warnings_to_log(out / "logs" / "run.log", show=verbosity(args) > 0):

@@ -50,6 +50,18 @@ def read_meta(path: Union[str, Path]) -> Dict[str, Any]:
     return json.loads((path / META_FILE).read_text())
 
 
+def model_source(name_or_path: Union[str, Path]) -> str:
+    """How a checkpoint records its base model: a local folder as its absolute path (a relative
+    path would mean another folder from another working directory), a hub id as given."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
+def same_model_source(a: Union[str, Path], b: Union[str, Path]) -> bool:
+    """Whether two model references name the same model: local paths are compared resolved."""
+    return model_source(a) == model_source(b)
+
+
 def weight_layers(meta: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
     """Module name -> its layers ``[{"kind": "full"|"lora", "file", ("rank", "alpha")}]``, in load order."""
     if "weights" in meta:

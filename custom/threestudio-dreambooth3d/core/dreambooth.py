@@ -319,7 +319,7 @@ class DreamBoothTrainer:
     def save_named_checkpoint(self, name: str, step: int) -> Path:
         cfg = self.cfg
         meta = {
-            "name": name, "step": step, "mode": cfg.mode, "base_model": cfg.pretrained_model,
+            "name": name, "step": step, "mode": cfg.mode, "base_model": checkpoints.model_source(cfg.pretrained_model),
             "lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha or cfg.lora_rank,
             "train_text_encoder": cfg.train_text_encoder,
             "identifier": cfg.identifier, "class_noun": cfg.class_noun,

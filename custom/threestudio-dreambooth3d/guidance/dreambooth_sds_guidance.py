@@ -27,7 +27,7 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.misc import cleanup
 
 from ..core import guidance_eval as eval_pictures, sds, vae
-from ..core.checkpoints import is_checkpoint, read_meta
+from ..core.checkpoints import is_checkpoint, read_meta, same_model_source
 from ..defaults import DEFAULT_MODEL
 from ..errors import CheckpointNotFoundError
 
@@ -114,7 +114,7 @@ class DreamBoothSDSGuidance(BaseObject):
         self.checkpoint_path = resolve_checkpoint(self.cfg.checkpoint, self.cfg.checkpoint_name)
         if self.checkpoint_path is not None:
             base = read_meta(self.checkpoint_path).get("base_model")
-            if base and str(base) != str(self.cfg.pretrained_model_name_or_path):
+            if base and not same_model_source(base, self.cfg.pretrained_model_name_or_path):
                 threestudio.warn(
                     f"DreamBooth checkpoint {self.checkpoint_path} was trained on {base}, "
                     f"guidance loads {self.cfg.pretrained_model_name_or_path}"

@@ -30,6 +30,7 @@ from .steps import STEPS, Step, step_name
 
 Executor = Callable[[Command, Path], None]
 _DISK_FULL = re.compile(r"No space left on device|ENOSPC|not enough free disk space", re.I)
+NOT_RUN_YET = "not run yet"  # the reason of a step with no record (a dry run prints it)
 
 
 @dataclass
@@ -172,7 +173,7 @@ class Runner:
         if forced:
             return Decision(step, True, f"forced by --from {start_from}")
         if rec is None:
-            return Decision(step, True, "not run yet")
+            return Decision(step, True, NOT_RUN_YET)
         changed = [u for u in step.upstream if u in redo]
         if changed:
             return Decision(step, True, f"{', '.join(changed)} is being redone")
@@ -200,7 +201,8 @@ class Runner:
             if not d.run:
                 self.console.step(f"{head}: skipped ({d.reason})")
                 continue
-            self.console.step(f"{head}: {d.step.title} ({d.reason})")
+            # a fresh step says it is starting; a redo says why
+            self.console.step(f"{head}: {d.step.title}: starting" + ("" if d.reason == NOT_RUN_YET else f" ({d.reason})"))
             self.current = d.step.name
             elapsed = self._run_step(d)
             self.current = None
