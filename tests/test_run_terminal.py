@@ -70,3 +70,34 @@ def test_one_model_named_by_a_relative_and_an_absolute_path_is_the_same(tmp_path
     assert model_source("models/tiny-sd") == str(tmp_path / "models" / "tiny-sd")  # what a checkpoint records
     assert not same_model_source("models/tiny-sd", "runwayml/stable-diffusion-v1-5")
     assert same_model_source("runwayml/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5")
+
+
+def test_a_short_turntable_becomes_a_watchable_animated_preview_on_the_summary(tmp_path, subject_dir):
+    from PIL import Image
+
+    from threestudio_dreambooth3d.pipeline.manifest import Manifest
+    from threestudio_dreambooth3d.pipeline.steps import Stage1
+    from threestudio_dreambooth3d.pipeline.summary import describe, render_html, render_markdown
+
+    ctx = RunContext(out=tmp_path / "out", subject=subject_dir, class_noun="dog", prompt="a sks dog",
+                     preset=get_preset("smoke"), model="/models/tiny-sd")
+    save = ctx.save_dir("stage1")
+    (save / "it2-test").mkdir(parents=True)
+    (save / "it2-test.mp4").write_bytes(b"video")
+    for i in range(4):  # threestudio's rgb | normal | opacity strips, named 0.png ... 3.png
+        Image.new("RGB", (96, 32), (60 * i, 0, 0)).save(save / "it2-test" / f"{i}.png")
+    outputs = Stage1()._video(ctx)
+    gif = outputs["turntable_preview"]
+    assert gif == ctx.results_dir / "stage1_turntable.gif"
+    with Image.open(gif) as im:
+        assert im.n_frames == 4 and im.info["loop"] == 0 and im.size == (96, 32)
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+            assert im.convert("RGB").getpixel((5, 5))[0] == 60 * i  # the frames in order
+    assert sum(durations) >= 3000  # four frames are a 3 s loop, not a 0.13 s flash
+    page = describe(ctx, Manifest(ctx.out), [])
+    assert "src='results/stage1_turntable.gif'" in render_html(page)
+    assert "(results/stage1_turntable.gif)" in render_markdown(page)
+    assert "results/stage1_turntable.mp4" in render_html(page)

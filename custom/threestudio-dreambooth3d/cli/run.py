@@ -220,4 +220,9 @@ def _run(args: argparse.Namespace) -> int:
     if code != 0:
         return code
     print(f"DreamBooth3D finished in {format_elapsed(time.monotonic() - t0)}: open {ctx.out / 'summary.html'}")
+    from ..pipeline.steps import NerfStage
+
+    kept = [ctx.last_ckpt(s.name) for s in runner.steps if isinstance(s, NerfStage) and ctx.last_ckpt(s.name).is_file()]
+    if kept:  # the Lightning checkpoints later steps (and `--from STEP`) load; nothing else is kept
+        print("NeRF checkpoints: " + ", ".join(str(p) for p in kept))
     return 0

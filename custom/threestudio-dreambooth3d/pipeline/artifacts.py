@@ -21,6 +21,38 @@ def latest(save_dir: Path, suffix: str) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
+PREVIEW_LOOP_S = 3.0  # an animated turntable preview loops no faster than this (a 4-frame smoke orbit: 0.75 s a frame)
+PREVIEW_MAX_FRAMES = 60
+PREVIEW_MAX_HEIGHT = 256
+
+
+def turntable_preview(frames_dir: Path, dst: Path) -> Optional[Path]:
+    """An animated GIF of threestudio's turntable frames (``it*-test/<i>.png``), looping forever,
+    slow enough to watch however few frames there are; None when the folder has no frames."""
+    from PIL import Image
+
+    frames = sorted(Path(frames_dir).glob("*.png"), key=lambda p: [int(t) if t.isdigit() else t
+                                                                    for t in re.split(r"(\d+)", p.name)])
+    if not frames:
+        return None
+    step = max(1, -(-len(frames) // PREVIEW_MAX_FRAMES))
+    images = []
+    for path in frames[::step]:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+        if img.height > PREVIEW_MAX_HEIGHT:
+            img = img.resize((round(img.width * PREVIEW_MAX_HEIGHT / img.height), PREVIEW_MAX_HEIGHT))
+        images.append(img)
+    duration_ms = max(1000 // 30, round(1000 * PREVIEW_LOOP_S / len(images)))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        images[0].save(dst, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    except OSError as e:
+        raise_if_disk_full(e, dst)
+        raise
+    return dst
+
+
 def copy_into(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:

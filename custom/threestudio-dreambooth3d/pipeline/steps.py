@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..finetune_options import FinetuneOptions, continuation_args
 from ..fs import sha256_files
-from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views
+from .artifacts import MESH_VIEWS, copy_into, latest, mesh_files, obj_to_glb, render_mesh_views, turntable_preview
 from .commands import KEYS, Command, LaunchMode, dot, finetune_cli, launch_py
 from .context import RunContext, round_step, split_round
 from ..errors import ConfigError, MissingOutputError
@@ -163,13 +163,17 @@ class ThreestudioStage(Step):
 
     def work_paths(self, ctx):
         paths = [ctx.trial_dir(self.name)]
-        return paths + ([ctx.results_dir / self.video_name] if self.video_name else [])
+        return paths + ([ctx.results_dir / self.video_name, ctx.results_dir / Path(self.video_name).with_suffix(".gif")]
+                        if self.video_name else [])
 
     def _video(self, ctx) -> Dict[str, Path]:
         video = latest(ctx.save_dir(self.name), "test.mp4")
         if video is None or self.video_name is None:
             return {}
-        return {"turntable": copy_into(video, ctx.results_dir / self.video_name)}
+        out = {"turntable": copy_into(video, ctx.results_dir / self.video_name)}
+        frames = latest(ctx.save_dir(self.name), "test")
+        preview = turntable_preview(frames, ctx.results_dir / Path(self.video_name).with_suffix(".gif")) if frames else None
+        return {**out, "turntable_preview": preview} if preview else out
 
 
 class NerfStage(ThreestudioStage):

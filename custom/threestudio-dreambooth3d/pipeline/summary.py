@@ -118,12 +118,14 @@ def _sections(ctx: RunContext) -> Dict[str, List[str]]:
     rounds = range(1, ctx.rounds + 1)
     videos = by_round(ctx.results_dir.glob("*_turntable.mp4"), "_turntable.mp4")
     sheets = by_round(ctx.results_dir.glob("pseudo_views*.png"), ".png")
+    previews = by_round(ctx.results_dir.glob("*_turntable.gif"), "_turntable.gif")
     mesh = sorted(ctx.rel(p) for p in ctx.mesh_dir.glob("*")) if ctx.mesh_dir.is_dir() else []
     checkpoints = [ctx.rel(p) for p in (ctx.checkpoint("partial"), ctx.checkpoint("full"),
                                         *(ctx.checkpoint("multiview", r) for r in rounds), ctx.last_ckpt("stage1"),
                                         *(ctx.last_ckpt(round_step("stage3", r)) for r in rounds))]
     return {
         "videos": [v for v in videos if have(v)],
+        "previews": [v for v in previews if have(v)],  # animated: a short orbit is watchable where the video flashes by
         "contact_sheet": [r for r in sheets if have(r)],
         "mesh": mesh,
         "mesh_views": [r for r in [ctx.rel(ctx.results_dir / MESH_VIEWS)] if have(r)],
@@ -152,7 +154,7 @@ def describe(ctx: RunContext, manifest: Manifest, subject: Sequence[Path]) -> Pa
     ]
     return Page(f"DreamBooth3D: {ctx.prompt}", intro, [
         Section("Subject photos", Images([ctx.rel(p) for p in subject], thumbnails=True)),
-        Section("Turntables", Videos(sec["videos"])),
+        Section("Turntables", [Images(sec["previews"], alt="turntable (animated)"), Videos(sec["videos"])]),
         Section("Pseudo multi-view images (stage 2" + (", every round" if ctx.rounds > 1 else "") + ")",
                 Images(sec["contact_sheet"], alt="pseudo views")),
         Section("Mesh", [Images(sec["mesh_views"], alt="the exported mesh"), Links(sec["mesh"])]),
