@@ -11,6 +11,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # seconds to minutes. Set before torch is imported; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# the cache (tiny eval models, a fetched threestudio) of the tests' own, never the user's ~/.cache
+if "DREAMBOOTH3D_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["DREAMBOOTH3D_CACHE"] = tempfile.mkdtemp(prefix="dreambooth3d-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 

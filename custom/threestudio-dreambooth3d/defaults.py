@@ -18,3 +18,17 @@ MIXED_PRECISIONS = get_args(MixedPrecision)
 # what `finetune --base-model` personalises: Stable Diffusion, or MVDream's multi-view model
 BaseModel = Literal["sd", "mvdream"]
 BASE_MODELS = get_args(BaseModel)
+
+# where downloads and built-once helpers live (threestudio's tested checkout, the tiny eval
+# models): $DREAMBOOTH3D_CACHE, else $XDG_CACHE_HOME/threestudio-dreambooth3d, else ~/.cache/...
+CACHE_ENV = "DREAMBOOTH3D_CACHE"
+
+
+def cache_dir() -> "Path":
+    import os
+    from pathlib import Path
+
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "threestudio-dreambooth3d"

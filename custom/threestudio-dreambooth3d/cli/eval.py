@@ -30,11 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--distractors", default=None,
                    help="file with one distractor caption a line, replacing the default object-centric captions "
                    "(DreamFusion-style); the subject's prompts and 'a {class}' stay in the set")
-    p.add_argument("--clip-models", nargs="+", default=list(DEFAULT_CLIP_MODELS),
+    p.add_argument("--clip-models", nargs="+", default=None,
                    help="CLIP models (hub ids or local folders) for R-precision, CLIP-T and CLIP-I "
                    f"(default: the paper's ViT-B/16, B/32, L/14: {' '.join(DEFAULT_CLIP_MODELS)})")
-    p.add_argument("--dino-model", default=DEFAULT_DINO_MODEL,
-                   help="DINO/DINOv2 ViT (hub id or local folder) for the DINO score (default %(default)s); 'none' skips it")
+    p.add_argument("--dino-model", default=None,
+                   help=f"DINO/DINOv2 ViT (hub id or local folder) for the DINO score (default {DEFAULT_DINO_MODEL}); "
+                   "'none' skips it")
+    p.add_argument("--tiny", action="store_true",
+                   help="score with a tiny random CLIP and DINO built here, offline (once, in the cache folder): "
+                   "checks the set-up without a download; the numbers mean nothing. Explicit --clip-models or "
+                   "--dino-model still win")
+    p.add_argument("--preset", choices=("default", "smoke"), default="default",
+                   help="the preset the run used: smoke (a CPU set-up check) implies --tiny (default %(default)s)")
     p.add_argument("--out", default=None, help="output folder for eval.json and view_grid.png (default RUN/eval or VIEWS/eval)")
     p.add_argument("--no-panel-crop", dest="first_panel", action="store_false",
                    help="score whole images; by default a view W = k*H wide (threestudio's rgb|normal|opacity strip) "
@@ -57,13 +64,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return add_arguments(p)
 
 
+def eval_models(clip_models: Optional[List[str]], dino_model: Optional[str], tiny: bool = False):
+    """(CLIP models, DINO model or None): the flags given, else the tiny offline models with ``tiny``,
+    else the paper's hub models."""
+    if tiny and (clip_models is None or dino_model is None):
+        from ..tiny_models.clip import tiny_eval_models
+
+        tiny_clip, tiny_dino = tiny_eval_models()
+        clip_models = [str(tiny_clip)] if clip_models is None else clip_models
+        dino_model = str(tiny_dino) if dino_model is None else dino_model
+    clip_models = list(DEFAULT_CLIP_MODELS) if clip_models is None else list(clip_models)
+    dino_model = DEFAULT_DINO_MODEL if dino_model is None else dino_model
+    return clip_models, (None if str(dino_model).lower() in ("", "none") else dino_model)
+
+
 def config_from_args(args: argparse.Namespace):
     from ..evaluation.run_eval import EvalConfig
 
-    dino = None if str(args.dino_model).lower() in ("", "none") else args.dino_model
+    clip_models, dino = eval_models(args.clip_models, args.dino_model, tiny=args.tiny or args.preset == "smoke")
     return EvalConfig(
         prompt=args.prompt, views=args.views, run=args.run, subject=args.subject, out=args.out,
-        clip_models=list(args.clip_models), dino_model=dino, distractors_file=args.distractors,
+        clip_models=clip_models, dino_model=dino, distractors_file=args.distractors,
         prompts_file=args.prompts_file, class_noun=args.class_noun, stage=args.stage, janus=args.janus,
         identifier=args.identifier, first_panel=args.first_panel, device=args.device,
         batch_size=args.batch_size, grid_max_views=args.grid_views,

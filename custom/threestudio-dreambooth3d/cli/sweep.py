@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..errors import ConfigError, MachineError
+from ..errors import ConfigError, EvalInputError, MachineError
 from ..pipeline.presets import PRESETS
 
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
@@ -130,6 +130,24 @@ def _subjects_and_prompts(args):
     return subjects, lists
 
 
+def check_eval_models(args, subjects) -> Optional[Exception]:
+    """The problem every cell's `dreambooth3d eval` would hit with its models (hub ids that cannot be
+    loaded offline), found before any cell runs; None when they load. Builds the tiny models of a
+    smoke sweep once, for every cell."""
+    from ..evaluation.run_eval import EvalConfig, check_models_available
+    from .eval import eval_models
+
+    clip, dino = eval_models(args.clip_models, args.dino_model, tiny=args.preset == "smoke")
+    cfg = EvalConfig(prompt="-", run="-", subject=str(subjects[0].folder) if subjects else None,
+                     clip_models=clip, dino_model=dino)
+    try:
+        check_models_available(cfg)
+    except EvalInputError as e:
+        return EvalInputError(f"{e} (sweep: the cells' eval models; pass them with sweep's --clip-models and "
+                              "--dino-model, or --preset smoke for the tiny offline ones)")
+    return None
+
+
 def _parse_kv(items: List[str], flag: str) -> Dict[str, str]:
     out = {}
     for item in items:
@@ -193,10 +211,15 @@ def run(args: argparse.Namespace) -> int:
                         overrides=list(args.overrides), clip_models=args.clip_models, dino_model=args.dino_model,
                         distractors=str(Path(args.distractors).resolve()) if args.distractors else None)
     cells = plan_cells(opts, subjects, prompts, methods, photos, method_flag=offered is not None)
+    eval_problem = check_eval_models(args, subjects)
     todo = [c for c in cells if not is_finished(c)]
     n_prompts = sum(len(v) for v in prompts.values())
     print(f"sweep: {len(cells)} cells = {len(subjects)} subject(s) x their prompts ({n_prompts} in all) x "
           f"{len(methods)} method(s); {len(cells) - len(todo)} finished, {len(todo)} to run", flush=True)
+    if eval_problem is not None:
+        if not args.dry_run:
+            raise eval_problem
+        print(f"sweep: warning: every cell's eval would fail: {eval_problem}", file=sys.stderr, flush=True)
     if args.dry_run:
         for c in cells:
             print(f"  {'run ' if c in todo else 'skip'} {c.key}  seed={c.seed}  {c.out}")

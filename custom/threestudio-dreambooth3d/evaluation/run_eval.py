@@ -267,7 +267,8 @@ def check_models_available(cfg: "EvalConfig", **probes) -> None:
         f"{', '.join(missing)}: not local folders and not in the Hugging Face cache, and {why}. Pass local "
         f"model folders: {' '.join(flags)}. Make one where there is network, e.g. python -c \"from transformers "
         f"import AutoModel, AutoProcessor; m='{example}'; AutoModel.from_pretrained(m).save_pretrained('models/x'); "
-        f"AutoProcessor.from_pretrained(m).save_pretrained('models/x')\", then copy the folder here."
+        f"AutoProcessor.from_pretrained(m).save_pretrained('models/x')\", then copy the folder here. To check "
+        "the set-up without them: --tiny (tiny random models built offline; the numbers mean nothing)."
     )
 
 
@@ -323,17 +324,24 @@ def evaluate(cfg: EvalConfig) -> Dict:
             f"the prompt {prompt!r} does not contain the identifier {cfg.identifier!r}: scoring a prompt "
             "other than the one the asset was made for, or a run made without its subject")
     out.mkdir(parents=True, exist_ok=True)
-    with warnings_to_log(out / EVAL_LOG, show=cfg.show_warnings):
-        _score(cfg, views, photos, prompts, view_texts, results)
+    with warnings_to_log(out / EVAL_LOG, show=cfg.show_warnings) as log:
+        log.append(f"dreambooth3d eval: {len(views)} views from {views_folder}, prompt {prompt!r}, "
+                   f"CLIP {', '.join(map(str, cfg.clip_models))}, DINO {cfg.dino_model if photos else 'not run'}\n")
+        _score(cfg, views, photos, prompts, view_texts, results, log)
     results["grid"] = str(write_view_grid(views, out / GRID_PNG, cfg.grid_max_views, cfg.grid_thumb))
     (out / EVAL_JSON).write_text(json.dumps(results, indent=2))
     results["eval_json"] = str(out / EVAL_JSON)
     return results
 
 
-def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optional[List[str]], results: Dict) -> None:
-    """Each model in turn, loaded, run and freed, with one progress bar over the models."""
+def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optional[List[str]], results: Dict,
+           log: Optional[List[str]] = None) -> None:
+    """Each model in turn, loaded, run and freed, with one progress bar over the models. transformers'
+    own loading bars stay off the terminal; ``log`` (eval.log's lines) gets one line per model."""
+    import time
+
     from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
 
     from ..log_routing import route_library_logs
     from .encoders import ClipEncoder, DinoEncoder
@@ -342,10 +350,15 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optio
     clip_models = list(dict.fromkeys(cfg.clip_models))
     use_dino = bool(cfg.dino_model and photos)
     bar = tqdm(total=len(clip_models) + use_dino, desc="eval models", unit="model", leave=False, disable=None)
+    log = log if log is not None else []
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         for source in clip_models:
             bar.set_postfix_str(str(source))
+            t0 = time.monotonic()
             enc = ClipEncoder.load(source, device=cfg.device)
+            log.append(f"loaded CLIP {source} in {time.monotonic() - t0:.1f} s\n")
             img = enc.embed_images(views, cfg.batch_size)
             txt = enc.embed_texts(prompts)
             results["clip"][str(source)] = {
@@ -362,7 +375,9 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optio
             bar.update()
         if use_dino:
             bar.set_postfix_str(str(cfg.dino_model))
+            t0 = time.monotonic()
             enc = DinoEncoder.load(cfg.dino_model, device=cfg.device)
+            log.append(f"loaded DINO {cfg.dino_model} in {time.monotonic() - t0:.1f} s\n")
             results["dino"][str(cfg.dino_model)] = {
                 "dino": mean_pairwise_similarity(enc.embed_images(views, cfg.batch_size), enc.embed_images(photos, cfg.batch_size))
             }
@@ -370,6 +385,8 @@ def _score(cfg: EvalConfig, views, photos, prompts: List[str], view_texts: Optio
             bar.update()
     finally:
         bar.close()
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
 
 
 def format_table(results: Dict) -> str:

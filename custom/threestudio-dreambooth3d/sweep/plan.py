@@ -146,6 +146,7 @@ def eval_argv(opts: SweepOptions, subject: Subject, prompt: str, out: Path) -> L
     argv = [opts.python, *CLI, "eval", "--run", str(out), "--subject", str(subject.folder), "--prompt", prompt,
             "--class-noun", subject.class_noun, "--prompts", str(prompt_set_path(opts, subject)),
             "--identifier", opts.identifier, "--out", str(out / EVAL_DIR)]
+    argv += ["--preset", "smoke"] if opts.preset == "smoke" else []  # eval's tiny models, unless named below
     argv += ["--clip-models", *opts.clip_models] if opts.clip_models else []
     argv += ["--dino-model", opts.dino_model] if opts.dino_model else []
     argv += ["--distractors", str(opts.distractors)] if opts.distractors else []

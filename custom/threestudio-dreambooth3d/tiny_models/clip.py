@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Tuple, Union
 
 import torch
 
@@ -70,3 +70,29 @@ def save_tiny_dino(folder: Union[str, Path], seed: int = 0) -> Path:
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=IMAGENET_MEAN,
                       image_std=IMAGENET_STD, resample=2).save_pretrained(folder)
     return folder
+
+
+TINY_EVAL_VERSION = 1  # bump when the tiny models change: a cached copy of another build is not reused
+
+
+def tiny_eval_models(folder: Union[str, Path, None] = None) -> Tuple[Path, Path]:
+    """(tiny CLIP folder, tiny DINO folder) for ``dreambooth3d eval --tiny``: built once, offline,
+    under ``folder`` (default: the cache folder) and reused; their numbers check the set-up only."""
+    from ..defaults import cache_dir
+    from ..fs import atomic_write_dir
+
+    root = Path(folder) if folder is not None else cache_dir() / f"tiny-eval-models-v{TINY_EVAL_VERSION}"
+    clip, dino = root / "tiny-random-clip", root / "tiny-random-dino"
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Writing model shards" is not the command's progress
+    try:
+        if not (clip / "config.json").is_file():
+            atomic_write_dir(clip, save_tiny_clip)
+        if not (dino / "config.json").is_file():
+            atomic_write_dir(dino, save_tiny_dino)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    return clip, dino
