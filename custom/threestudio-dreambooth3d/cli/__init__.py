@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "doctor": "threestudio_dreambooth3d.cli.doctor",
     "convert-mvdream": "threestudio_dreambooth3d.cli.convert_mvdream",
     "app": "threestudio_dreambooth3d.cli.app",
+    "tiny-model": "threestudio_dreambooth3d.cli.tiny_model",
 }
 
 

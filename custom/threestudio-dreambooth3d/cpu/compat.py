@@ -178,13 +178,15 @@ def find_threestudio_root(root: Optional[Union[str, Path]] = None) -> Optional[P
     return None
 
 
-def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bool] = None) -> None:
+def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bool] = None,
+           register_adapters: bool = True) -> None:
     """Make threestudio importable and runnable here, import it, register our adapters.
 
     ``threestudio_root`` (or $THREESTUDIO_ROOT) is put on ``sys.path`` when threestudio
     is not an installed package. Missing CUDA extensions get stand-ins on any machine;
     ``cpu`` (default: no GPU visible) adds the CPU patches. Raises ImportError if
-    threestudio cannot be found.
+    threestudio cannot be found. ``register_adapters=False`` leaves registration to launch.py's
+    loading of ``custom/`` (a test of that path).
     """
     global _ENABLED
     if _ENABLED:
@@ -215,9 +217,44 @@ def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bo
         patch_threestudio_device()
     _ENABLED = True
     log.info("threestudio %s mode (stand-ins for %s)", "CPU" if cpu else "GPU", ", ".join(stand_ins) or "nothing")
-    from ..registration import register
+    if register_adapters:
+        from ..registration import register
 
-    register()
+        register()
+
+
+def expand_overrides(args: List[str]) -> List[str]:
+    """``--overrides FILE.yaml`` (a YAML of config keys, e.g. configs/overrides/cpu-smoke.yaml) becomes
+    its dotlist, placed first so the ``KEY=VALUE`` arguments given on the command line win."""
+    from omegaconf import OmegaConf
+
+    from ..errors import ConfigError
+
+    files, rest, it = [], [], iter(args)
+    for a in it:
+        if a == "--overrides" or a.startswith("--overrides="):
+            path = a.partition("=")[2] or next(it, "")
+            if not Path(path).is_file():
+                raise ConfigError(f"--overrides {path!r}: no such file (a YAML of config keys, e.g. "
+                                  "configs/overrides/cpu-smoke.yaml)")
+            files.append(path)
+        else:
+            rest.append(a)
+    dotlist = []
+    for path in files:
+        flat = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        dotlist += [f"{k}={v}" for k, v in _flatten(flat or {}).items()]
+    return dotlist + rest
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = "null" if v is None else (str(v).lower() if isinstance(v, bool) else v)
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -234,7 +271,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if argv[:1] == ["--threestudio-root"]:
         root, argv = argv[1], argv[2:]
     if not argv or not argv[0].endswith(".py"):
-        raise SystemExit("usage: python -m threestudio_dreambooth3d.cpu.compat [--threestudio-root DIR] launch.py ARGS...")
+        raise SystemExit("usage: python -m threestudio_dreambooth3d.cpu.compat [--threestudio-root DIR] launch.py "
+                         "[--overrides FILE.yaml] ARGS...")
+    argv = [argv[0], *expand_overrides(argv[1:])]
     enable(root)
     script = Path(argv[0])
     if not script.is_file():
