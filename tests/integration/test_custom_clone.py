@@ -96,7 +96,7 @@ def test_launch_py_loading_custom_registers_the_clone(threestudio_root, tmp_path
 def test_the_override_file_is_the_smoke_presets_stage_overrides():
     from omegaconf import OmegaConf
 
-    from threestudio_dreambooth3d.cpu import smoke
+    from threestudio_dreambooth3d.pipeline import smoke
     from threestudio_dreambooth3d.cpu.compat import expand_overrides
 
     expanded = expand_overrides(["--overrides", str(REPO / "configs" / "overrides" / "cpu-smoke.yaml"), "a.b=1"])
