@@ -144,6 +144,17 @@ def test_checkpoints_and_pseudo_views_are_valid(smoke):
         sheet.load()
 
 
+def test_smoke_output_is_small_and_keeps_the_checkpoints_later_steps_load(smoke):
+    out = smoke["out"]
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and not p.is_symlink())
+    assert size < 100e6, f"{size / 1e6:.0f} MB"  # was 583 MB: four 151 MB Lightning checkpoints
+    for stage in ("stage1", "stage3"):
+        assert [p.name for p in (out / stage / "run" / "ckpts").iterdir()] == ["last.ckpt"], stage
+    assert f"NeRF checkpoints: {out / 'stage1' / 'run' / 'ckpts' / 'last.ckpt'}" in smoke["stdout"]
+    assert smoke["stdout"].startswith("dreambooth3d run: checking")
+    assert "(not run yet)" not in smoke["stdout"]
+
+
 def test_turntable_videos_have_frames(smoke):
     import imageio.v3 as iio
 
