@@ -90,7 +90,7 @@ def test_run_method_flag_offers_the_three_methods_and_checks_their_configs(fake_
             "--dry-run", "--preset", "smoke", "--method", "dreamboothfusion"]
     assert run_cli(argv) == 0
     out = capsys.readouterr().out
-    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == [
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith((" ", "dreambooth3d run: checking"))] == [
         "finetune", "baseline", "export", "summary"]
     assert "dreamboothfusion-baseline.yaml" in out and "checkpoints/full" in out
     (configs / "latentnerf-dreambooth-baseline.yaml").unlink(missing_ok=True)
