@@ -330,3 +330,45 @@ def test_sigterm_stops_the_step_and_its_children_and_says_so_like_ctrl_c(tmp_pat
     finally:
         if _alive(grandchild):
             os.kill(grandchild, 9)
+
+
+def test_loading_a_lora_checkpoint_draws_no_random_numbers(tiny_sd_path, tmp_path):
+    """Why a used prompt-embedding cache changed the mesh: embedding the prompts loads base +
+    checkpoint, whose LoRA adapters were initialised from the global RNG before their weights were
+    loaded, so a cold cache shifted every later random number of the stage (its NeRF init, its
+    sampling). Loading must not touch the global RNG."""
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
+
+    unet = load_sd_components(tiny_sd_path).unet
+    checkpoints.lora.add_lora(unet, 2, 2, checkpoints.LORA_TARGETS["unet"])
+    checkpoints.save_checkpoint(tmp_path / "partial", {"unet": (unet, False)}, {"name": "partial"})
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state().clone()
+    comps = load_sd_components(tiny_sd_path, checkpoint=tmp_path / "partial", merge_lora=False)
+    assert checkpoints.lora.lora_shape(comps.unet) is not None  # adapters were added
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_the_embedding_cache_key_follows_the_text_encoders_content(tmp_path):
+    from threestudio_dreambooth3d.core.sd_models import text_encoder_key
+
+    model = tmp_path / "sd"
+    for sub in ("text_encoder", "tokenizer", "unet"):
+        (model / sub).mkdir(parents=True)
+    (model / "text_encoder" / "model.safetensors").write_bytes(b"a" * 10)
+    (model / "tokenizer" / "vocab.json").write_text("{}")
+    key = text_encoder_key(model)
+    assert text_encoder_key(model) == key
+    (model / "unet" / "model.safetensors").write_bytes(b"u")  # not what embeddings depend on
+    assert text_encoder_key(model) == key
+    (model / "text_encoder" / "model.safetensors").write_bytes(b"b" * 11)  # the folder rebuilt in place
+    assert text_encoder_key(model) != key
+    key = text_encoder_key(model)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "dreambooth.json").write_text(json.dumps({"weights": {"unet": [{"kind": "lora", "file": "unet.safetensors"}]}}))
+    assert text_encoder_key(model, ckpt) == key  # a checkpoint that kept the base text encoder
+    (ckpt / "text_encoder.safetensors").write_bytes(b"t")
+    (ckpt / "dreambooth.json").write_text(json.dumps({"weights": {"text_encoder": [{"kind": "full",
+                                                                                     "file": "text_encoder.safetensors"}]}}))
+    assert text_encoder_key(model, ckpt) != key

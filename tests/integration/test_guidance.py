@@ -190,3 +190,15 @@ def test_sequential_cpu_offload_is_accepted(threestudio, tiny_sd_path, caplog):
                                                      "enable_sequential_cpu_offload": True})
     assert g.unet.device.type == "cpu"  # on a CPU run it has nothing to offload to
     assert "enable_sequential_cpu_offload has no effect" in caplog.text
+
+
+def test_a_cold_and_a_warm_embedding_cache_leave_the_same_random_state(threestudio, tiny_sd_path, dreambooth_run,
+                                                                       in_tmp_project):
+    """A stage's random numbers (NeRF init, sampling) must not depend on whether the prompt
+    embeddings were cached: computing them loads the checkpoint, which must draw no random numbers."""
+    states = []
+    for _ in range(2):  # the first fills OUT/.threestudio's cache, the second reads it
+        torch.manual_seed(0)
+        make_prompt_processor(threestudio, tiny_sd_path, dreambooth_run)()
+        states.append(torch.random.get_rng_state())
+    assert torch.equal(states[0], states[1])

@@ -145,7 +145,12 @@ def load_layer(module: torch.nn.Module, folder: Path, layer: Dict[str, Any], tar
     state = load_file(str(folder / layer["file"]))
     if layer["kind"] == "lora":
         if lora.lora_shape(module) is None:
-            lora.add_lora(module, layer["rank"], layer["alpha"], targets)
+            # the adapters' random init is overwritten below; drawing it from the global RNG would
+            # shift every later random number (a stage's NeRF init and sampling) by whether this
+            # load happened, e.g. whether the prompt embeddings were cached
+            cuda = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
+            with torch.random.fork_rng(devices=cuda):
+                lora.add_lora(module, layer["rank"], layer["alpha"], targets)
         lora.load_lora_state_dict(module, state)
     else:
         module.load_state_dict(state)

@@ -21,6 +21,31 @@ def pretrained_kwargs(source: Union[str, Path]) -> dict:
     return {"local_files_only": True} if Path(source).exists() else {}
 
 
+def _file_stamp(files) -> str:
+    """A cheap identity of files: path, size and modification time (a rebuilt or replaced file changes it)."""
+    import hashlib
+
+    parts = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(files) if f.is_file()]
+    return hashlib.sha256(";".join(parts).encode()).hexdigest()[:16]
+
+
+def text_encoder_key(model: Union[str, Path], checkpoint: Optional[Union[str, Path]] = None) -> str:
+    """What prompt embeddings depend on, for a cache key: the base model (for a local folder, its
+    text-encoder and tokenizer files, so a folder rebuilt or replaced in place is not mistaken for
+    the old one) plus the checkpoint's text-encoder weights if it trained one."""
+    from .checkpoints import module_files
+
+    key = str(model)
+    folder = Path(model)
+    if folder.is_dir():
+        files = [p for sub in ("text_encoder", "tokenizer") for p in (folder / sub).glob("*") if p.is_file()]
+        key += f"@{_file_stamp(files)}"
+    te_files = [] if checkpoint is None else module_files(checkpoint, "text_encoder")
+    if te_files:
+        key += f"+dreambooth-text-encoder-{_file_stamp(te_files)}"
+    return key
+
+
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
     """``device`` as given, else the GPU when there is one."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

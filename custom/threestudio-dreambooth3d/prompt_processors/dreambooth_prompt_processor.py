@@ -5,14 +5,14 @@ threestudio's ``stable-diffusion-prompt-processor`` loads the text encoder of th
 model and caches embeddings under a hash of the *base model name*. A checkpoint
 trained with ``train_text_encoder`` has its own text encoder, so both would be wrong:
 this processor loads base + checkpoint through :func:`sd_models.load_sd_components`
-and keys its cache on the checkpoint's text-encoder weights. When the checkpoint kept
+and keys its cache on what the embeddings come from (:func:`sd_models.text_encoder_key`:
+the base model's text-encoder and tokenizer files, and the checkpoint's text encoder). When the checkpoint kept
 the base text encoder, the embeddings (and cache entries) equal the stock processor's.
 Everything else (view-dependent prompts, negative prompts, perp-neg fields) is
 threestudio's own ``PromptProcessor``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +25,9 @@ import threestudio
 from threestudio.models.prompt_processors.base import PromptProcessor, hash_prompt
 from threestudio.utils.misc import cleanup
 
-from ..core.checkpoints import module_files
+from ..core.sd_models import text_encoder_key
 from ..core.config_text import decode_literal
 from ..guidance.dreambooth_sds_guidance import resolve_checkpoint
-
-
-def text_encoder_key(model: str, checkpoint: Optional[Path]) -> str:
-    """What identifies the text encoder: the base model, plus the checkpoint's weights if it trained one."""
-    files = [] if checkpoint is None else module_files(checkpoint, "text_encoder")
-    if not files:
-        return model
-    stamp = ";".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
-    return f"{model}+dreambooth-text-encoder-{digest}"
 
 
 @torch.no_grad()
