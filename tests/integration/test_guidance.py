@@ -129,9 +129,9 @@ def test_checkpoint_errors_name_the_fix(threestudio, dreambooth_run):
         resolve_checkpoint(str(dreambooth_run), "multiview")
 
 
-def test_text_encoder_is_freed_unless_the_stage_translates(threestudio, tiny_sd_path, dreambooth_run, guidance):
-    """SDS gets its embeddings from the prompt processor: the guidance drops its text encoder
-    (a checkpoint that trained one still loads); translate() then says which key keeps it."""
+def test_text_encoder_is_not_loaded_unless_the_stage_translates(threestudio, tiny_sd_path, dreambooth_run, guidance):
+    """SDS gets its embeddings from the prompt processor: the guidance loads no text encoder
+    (a checkpoint that trained one still loads); translate() then says which key loads it."""
     assert guidance.components.text_encoder is None and guidance.components.tokenizer is None
     with pytest.raises(RuntimeError, match="keep_text_encoder=true"):
         guidance.translate(torch.rand(1, 3, 8, 8), ["a sks dog"])

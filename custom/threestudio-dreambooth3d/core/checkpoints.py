@@ -159,7 +159,8 @@ def load_layer(module: torch.nn.Module, folder: Path, layer: Dict[str, Any], tar
 def apply_checkpoint(
     components, path: Union[str, Path], merge_lora: Union[bool, Collection[str]] = True
 ) -> Dict[str, Any]:
-    """Apply a checkpoint to freshly loaded SD components in place; returns its metadata.
+    """Apply a checkpoint to freshly loaded SD components in place, to the modules that are
+    loaded (not None); returns its metadata.
 
     ``merge_lora``: fold LoRA adapters into plain layers (True), keep them (False), or
     the names of the modules whose adapters to fold.
@@ -169,6 +170,8 @@ def apply_checkpoint(
     merge = set(MODULES) if merge_lora is True else set(merge_lora or ())
     for name, layers in weight_layers(meta).items():
         module = getattr(components, name)
+        if module is None:  # not loaded (sd_models.load_sd_components' parts): its files are not read
+            continue
         for layer in layers:
             load_layer(module, path, layer, LORA_TARGETS[name])
         if name in merge and lora.lora_shape(module) is not None:

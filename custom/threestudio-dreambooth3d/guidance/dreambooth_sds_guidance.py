@@ -24,7 +24,6 @@ import threestudio
 from threestudio.models.guidance.stable_diffusion_guidance import StableDiffusionGuidance
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.base import BaseObject
-from threestudio.utils.misc import cleanup
 
 from ..core import guidance_eval as eval_pictures, sds, vae
 from ..core.checkpoints import is_checkpoint, read_meta, same_model_source
@@ -91,7 +90,7 @@ class DreamBoothSDSGuidance(BaseObject):
         checkpoint: Optional[str] = None  # checkpoint folder, or finetuning output + checkpoint_name
         checkpoint_name: Optional[str] = None  # partial | full | multiview | ...
         # translate() (stage 2's img2img) needs the text encoder; SDS does not (the prompt
-        # processor embeds), so it is freed unless this is set. dreambooth3d-system sets it in stage 2.
+        # processor embeds), so it is not loaded unless this is set. dreambooth3d-system sets it in stage 2.
         keep_text_encoder: bool = False
         # img2img (SDEdit) translation of renders, used by stage 2
         translation_strength: float = 0.5
@@ -106,7 +105,7 @@ class DreamBoothSDSGuidance(BaseObject):
     update_step = StableDiffusionGuidance.update_step
 
     def configure(self) -> None:
-        from ..core.sd_models import load_sd_components
+        from ..core.sd_models import DENOISING_PARTS, TEXT_PARTS, load_sd_components
 
         if self.cfg.weighting_strategy not in sds.WEIGHTINGS:
             raise ValueError(f"system.guidance.weighting_strategy={self.cfg.weighting_strategy!r}: expected one of "
@@ -126,14 +125,12 @@ class DreamBoothSDSGuidance(BaseObject):
         if self.cfg.enable_sequential_cpu_offload and not offload:
             threestudio.warn("enable_sequential_cpu_offload has no effect when the guidance runs on the CPU")
         threestudio.info(f"Loading Stable Diffusion {self.cfg.pretrained_model_name_or_path} + {self.checkpoint_path} ...")
+        # SDS never runs the text encoder (the prompt processor embeds): it is loaded only for translate()
+        parts = DENOISING_PARTS + (TEXT_PARTS if self.cfg.keep_text_encoder else ())
         self.components = load_sd_components(
             self.cfg.pretrained_model_name_or_path, checkpoint=self.checkpoint_path,
-            device=None if offload else self.device, dtype=self.weights_dtype,
+            device=None if offload else self.device, dtype=self.weights_dtype, parts=parts,
         )
-        if not self.cfg.keep_text_encoder:
-            # loaded only so a checkpoint's text-encoder weights apply cleanly; SDS never runs it
-            self.components.free_text_encoder()
-            cleanup()
         self.components.freeze()
         if self.cfg.enable_memory_efficient_attention:
             threestudio.info("PyTorch 2 uses memory efficient attention by default.")
@@ -258,7 +255,7 @@ class DreamBoothSDSGuidance(BaseObject):
 
         if self.components.text_encoder is None:
             raise RuntimeError(
-                "dreambooth-sds-guidance freed its text encoder after loading; translate() needs it: "
+                "dreambooth-sds-guidance loads no text encoder (SDS does not use it); translate() needs it: "
                 "set system.guidance.keep_text_encoder=true (dreambooth3d-system does in stage 2)"
             )
         return img2img.translate(

@@ -22,7 +22,6 @@ import threestudio
 from threestudio.models.guidance.stable_diffusion_guidance import StableDiffusionGuidance
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.base import BaseObject
-from threestudio.utils.misc import cleanup
 
 from ..core import mvsds
 from ..errors import ConfigError
@@ -59,7 +58,7 @@ class DreamBoothMVDreamGuidance(BaseObject):
 
     def configure(self) -> None:
         from ..core.mvdream import is_mvdream_folder
-        from ..core.sd_models import load_sd_components
+        from ..core.sd_models import DENOISING_PARTS, load_sd_components
 
         if self.cfg.camera_condition_type not in CAMERA_CONDITIONS:
             raise ConfigError(f"system.guidance.camera_condition_type={self.cfg.camera_condition_type!r}: "
@@ -75,10 +74,9 @@ class DreamBoothMVDreamGuidance(BaseObject):
             torch.float16 if self.cfg.half_precision_weights and self.device.type == "cuda" else torch.float32
         )
         threestudio.info(f"Loading MVDream {self.cfg.pretrained_model_name_or_path} + {self.checkpoint_path} ...")
+        # no text encoder: the prompt processor embeds
         self.components = load_sd_components(self.cfg.pretrained_model_name_or_path, checkpoint=self.checkpoint_path,
-                                              device=self.device, dtype=self.weights_dtype)
-        self.components.free_text_encoder()  # the prompt processor embeds
-        cleanup()
+                                              device=self.device, dtype=self.weights_dtype, parts=DENOISING_PARTS)
         self.components.freeze()
         self.num_train_timesteps = self.components.scheduler.config.num_train_timesteps
         self.alphas = self.components.scheduler.alphas_cumprod.to(self.device)

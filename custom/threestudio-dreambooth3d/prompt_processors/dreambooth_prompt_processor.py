@@ -4,7 +4,8 @@ text encoder of a DreamBooth checkpoint.
 threestudio's ``stable-diffusion-prompt-processor`` loads the text encoder of the base
 model and caches embeddings under a hash of the *base model name*. A checkpoint
 trained with ``train_text_encoder`` has its own text encoder, so both would be wrong:
-this processor loads base + checkpoint through :func:`sd_models.load_sd_components`
+this processor loads the base's tokenizer and text encoder plus the checkpoint's text-encoder
+weights through :func:`sd_models.load_sd_components` (``parts=TEXT_PARTS``)
 and keys its cache on what the embeddings come from (:func:`sd_models.text_encoder_key`:
 the base model's text-encoder and tokenizer files, and the checkpoint's text encoder). When the checkpoint kept
 the base text encoder, the embeddings (and cache entries) equal the stock processor's.
@@ -33,9 +34,10 @@ from ..guidance.dreambooth_sds_guidance import resolve_checkpoint
 @torch.no_grad()
 def embed_prompts(model: str, checkpoint: Optional[Path], prompts: List[str], device) -> torch.Tensor:
     """CLIP hidden states [N, 77, D] from the checkpoint's (or the base's) text encoder."""
-    from ..core.sd_models import load_sd_components
+    from ..core.sd_models import TEXT_PARTS, load_sd_components
 
-    comps = load_sd_components(model, checkpoint=checkpoint)
+    # tokenizer + text encoder only, with only the checkpoint's text-encoder weights (no UNet, VAE or LoRA merge)
+    comps = load_sd_components(model, checkpoint=checkpoint, parts=TEXT_PARTS)
     comps.text_encoder.to(device).eval()
     return comps.encode_prompts(prompts, device=device)
 
