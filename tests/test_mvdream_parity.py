@@ -36,6 +36,10 @@ LAYOUTS = {
                        num_res_blocks=2, channel_mult=[1, 2, 2], num_heads=4, use_spatial_transformer=True,
                        use_linear_in_transformer=False, transformer_depth=1, context_dim=24, legacy=False,
                        camera_dim=16),
+    # no camera embedding, res blocks per level, attention only at the lower resolution
+    "no-camera": dict(image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2],
+                      num_res_blocks=[1, 2], channel_mult=[1, 2], num_head_channels=32, use_spatial_transformer=True,
+                      use_linear_in_transformer=True, transformer_depth=1, context_dim=16),
 }
 
 
@@ -93,7 +97,7 @@ def _inputs(params, batch, seed=0):
     ctx = torch.randn(batch, 7, params["context_dim"], generator=g)
     c2w = torch.randn(batch, 4, 4, generator=g)
     c2w[:, 3] = torch.tensor([0.0, 0.0, 0.0, 1.0])
-    return x, ctx, mvdream_camera(c2w)
+    return x, ctx, mvdream_camera(c2w) if params.get("camera_dim") else None
 
 
 def _out(result):
