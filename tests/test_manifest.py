@@ -19,13 +19,40 @@ def test_manifest_round_trip_and_atomic_write(tmp_path):
     rec = again.get("stage1")
     assert rec.status == "done" and rec.outputs == {"checkpoint": "stage1/run/ckpts/last.ckpt"}
     assert rec.fingerprint == mf.fingerprint({"command": ["a"], "upstream": {}}) and rec.output_id
-    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mf.BACKUP_FILE, "manifest.json"]  # no temporary files left
 
 
-def test_unreadable_manifest_names_the_file(tmp_path):
+def test_unreadable_manifest_names_the_file_and_what_survives(tmp_path):
     (tmp_path / "manifest.json").write_text("{ truncated")
-    with pytest.raises(ValueError, match="manifest.json is not a readable manifest"):
+    (tmp_path / "finetune" / "checkpoints" / "partial").mkdir(parents=True)
+    with pytest.raises(ValueError, match="manifest.json is not a readable manifest.*still holds finetune/checkpoints/partial"):
         mf.Manifest(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not an object"])
+def test_a_damaged_manifest_is_rebuilt_from_its_copy(tmp_path, damage):
+    m = mf.Manifest(tmp_path)
+    m.start("finetune", {"command": ["a"], "upstream": {}})
+    m.finish("finetune", {"partial": "finetune/checkpoints/partial"}, [], 1.0, {"partial": "abc"})
+    text = (tmp_path / "manifest.json").read_text()
+    (tmp_path / "manifest.json").write_text({"truncated": text[: len(text) // 2], "empty": "", "not an object": "[]"}[damage])
+    rec = mf.Manifest(tmp_path).get("finetune")
+    assert rec.status == "done" and rec.checks == {"partial": "abc"} and rec.output_id == m.get("finetune").output_id
+
+
+def test_a_record_missing_a_field_is_dropped_not_a_type_error(tmp_path):
+    m = mf.Manifest(tmp_path)
+    for name in ("finetune", "stage1"):
+        m.start(name, {"command": [name], "upstream": {}})
+        m.finish(name, {}, [], 1.0)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    del data["steps"]["stage1"]["fingerprint"]
+    del data["steps"]["finetune"]["checks"]  # optional (older manifests lack it): defaults
+    data["steps"]["finetune"]["added_later"] = 1  # unknown fields are ignored
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    again = mf.Manifest(tmp_path)
+    assert again.get("stage1") is None  # redone
+    assert again.get("finetune").status == "done" and again.get("finetune").checks == {}
 
 
 def test_disk_full_while_saving_the_manifest_is_reported(tmp_path, monkeypatch):

@@ -219,3 +219,45 @@ def test_baseline_method_runs_only_its_steps_with_the_full_checkpoint(make_ctx):
     fake = FakeExecutor()
     Runner(ctx, steps=steps_for(ctx.method), executor=fake).run()
     assert fake.calls == []  # a rerun skips every finished step
+
+
+# -- damaged outputs and forced redos (issue 20, item 3) ----------------------------------------
+
+@pytest.mark.parametrize("victim, step", [("finetune/checkpoints/partial/dreambooth.json", "finetune"),
+                                          ("stage3/run/ckpts/last.ckpt", "stage3")])
+def test_a_damaged_output_redoes_its_step_and_what_follows(make_ctx, victim, step):
+    ctx = make_ctx()
+    Runner(ctx, executor=FakeExecutor()).run()
+    path = ctx.out / victim
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    plan = Runner(ctx, executor=FakeExecutor()).plan()
+    first = next(d for d in plan if d.run)
+    assert first.step.name == step and first.reason.startswith("output damaged: ")
+    assert all(d.run for d in plan[plan.index(first):])
+    fake = FakeExecutor()
+    Runner(ctx, executor=fake).run()
+    assert fake.calls[0] == step
+    assert [d.reason for d in Runner(ctx, executor=FakeExecutor()).plan()] == ["done, inputs unchanged"] * 7
+
+
+def test_a_failed_forced_redo_puts_the_previous_results_back(make_ctx):
+    ctx = make_ctx()
+    Runner(ctx, executor=FakeExecutor()).run()
+    mesh = {p.name: p.read_bytes() for p in ctx.mesh_dir.iterdir()}
+    record = mf.Manifest(ctx.out).get("export")
+    with pytest.raises(StepFailedError):
+        Runner(ctx, executor=FakeExecutor(fail_on="export")).run(start_from="export")
+    assert {p.name: p.read_bytes() for p in ctx.mesh_dir.iterdir()} == mesh
+    again = mf.Manifest(ctx.out).get("export")
+    assert again.status == "done" and again.output_id == record.output_id
+    assert not (ctx.out / ".previous").exists()
+    assert [d.reason for d in Runner(ctx, executor=FakeExecutor()).plan()] == ["done, inputs unchanged"] * 7
+
+
+def test_a_successful_redo_leaves_nothing_aside(make_ctx):
+    ctx = make_ctx()
+    Runner(ctx, executor=FakeExecutor()).run()
+    Runner(ctx, executor=FakeExecutor()).run(start_from="stage3")
+    assert not (ctx.out / ".previous").exists()
+    assert [d.reason for d in Runner(ctx, executor=FakeExecutor()).plan()] == ["done, inputs unchanged"] * 7

@@ -20,7 +20,7 @@ from .errors import DiskFullError
 PathLike = Union[str, Path]
 
 __all__ = ["DiskFullError", "raise_if_disk_full", "disk_full_as_error", "atomic_write_dir", "atomic_write_file",
-           "atomic_write_text", "sha256_files", "fingerprint"]
+           "atomic_write_text", "sha256_files", "fingerprint", "content_fingerprint"]
 
 
 def raise_if_disk_full(e: OSError, path: PathLike) -> None:
@@ -108,3 +108,36 @@ def sha256_files(paths: Iterable[PathLike]) -> str:
 def fingerprint(obj: Any) -> str:
     """sha256 of a JSON-able object in canonical form (sorted keys; other objects by ``str``)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+FULL_HASH_BYTES = 64 << 20  # files up to this size are hashed whole
+_SAMPLE = 1 << 20  # larger ones: size + this many bytes at the start, the end and 6 places between
+
+
+def _file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode() + b"\0")
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            for i in range(8):
+                f.seek((size - _SAMPLE) * i // 7)
+                h.update(f.read(_SAMPLE))
+    return h.hexdigest()
+
+
+def content_fingerprint(path: PathLike) -> str:
+    """What a finished step's output was: a file's size and sha256 (above 64 MiB: its size and
+    samples of its bytes, so a multi-GB checkpoint costs milliseconds and truncation, the common
+    damage, always shows), a folder's relative file names with theirs. "missing" if it is gone."""
+    path = Path(path)
+    if path.is_file():
+        return _file_digest(path)
+    if not path.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0" + _file_digest(p).encode() + b"\0")
+    return h.hexdigest()

@@ -9,14 +9,19 @@ gigabytes of checkpoints.
 
 The file is rewritten atomically (temporary file + rename) after every change, so a
 run killed at any moment leaves a readable manifest; a step left ``running`` is how
-the next run knows it was interrupted.
+the next run knows it was interrupted. A second copy, ``OUT/.manifest.json.bak``, is written
+after it: a manifest damaged from outside (truncated, edited) is rebuilt from the copy; a
+record missing a field is dropped (that step is redone) rather than failing the run. Each
+record's ``checks`` hold a :func:`~threestudio_dreambooth3d.fs.content_fingerprint` of every
+output, which the runner compares before skipping the step.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -24,6 +29,8 @@ from ..errors import DiskFullError, ManifestError  # noqa: F401  (DiskFullError:
 from ..fs import atomic_write_text, fingerprint, raise_if_disk_full  # noqa: F401  (re-exported)
 
 MANIFEST_FILE = "manifest.json"
+BACKUP_FILE = ".manifest.json.bak"
+log = logging.getLogger(__name__)
 FORMAT = "dreambooth3d-manifest/1"
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
@@ -42,6 +49,21 @@ class StepRecord:
     finished_at: Optional[str] = None
     elapsed_s: Optional[float] = None
     error: Optional[str] = None
+    checks: Dict[str, str] = field(default_factory=dict)  # label -> content fingerprint of the output
+
+    @classmethod
+    def from_json(cls, name: str, data: Any) -> Optional["StepRecord"]:
+        """The record, or None when a field it cannot do without is missing or of the wrong kind."""
+        known = {f.name: f for f in fields(cls)}
+        if not isinstance(data, dict):
+            return None
+        required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+        if any(n not in data for n in required if n != "name") or not isinstance(data.get("inputs"), dict):
+            return None
+        rec = cls(**{k: v for k, v in data.items() if k in known and k != "name"}, name=name)
+        if not isinstance(rec.outputs, dict) or not isinstance(rec.checks, dict):
+            return None
+        return rec
 
 
 def _now() -> str:
@@ -60,21 +82,32 @@ class Manifest:
             self._load()
 
     def _load(self) -> None:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError) as e:
-            raise ManifestError(
-                f"{self.path} is not a readable manifest ({e}). Delete it to recompute every step, "
-                "or use a new --out folder."
-            ) from e
+        data, problem = _read(self.path)
+        if data is None:
+            backup, _ = _read(self.out_dir / BACKUP_FILE)
+            if backup is None:
+                raise ManifestError(
+                    f"{self.path} is not a readable manifest ({problem}) and its copy {BACKUP_FILE} is gone too. "
+                    + _survivors(self.out_dir) + " Move manifest.json aside to recompute every step, "
+                    "or use a new --out folder.")
+            log.warning("%s is damaged (%s); rebuilt from %s", self.path, problem, BACKUP_FILE)
+            data = backup
         if data.get("format") != FORMAT:
             raise ManifestError(f"{self.path} has format {data.get('format')!r}, expected {FORMAT!r}. Use a new --out folder.")
-        self.run_info = data.get("run", {})
-        self.steps = {name: StepRecord(**rec) for name, rec in data.get("steps", {}).items()}
+        self.run_info = data.get("run", {}) if isinstance(data.get("run"), dict) else {}
+        steps = data.get("steps", {}) if isinstance(data.get("steps"), dict) else {}
+        for name, raw in steps.items():
+            rec = StepRecord.from_json(name, raw)
+            if rec is None:
+                log.warning("%s: the record of step %s is incomplete; that step will be redone", self.path, name)
+                continue
+            self.steps[name] = rec
 
     def save(self) -> None:
         data = {"format": FORMAT, "run": self.run_info, "steps": {n: asdict(r) for n, r in self.steps.items()}}
-        atomic_write_text(self.path, json.dumps(data, indent=2))
+        text = json.dumps(data, indent=2)
+        atomic_write_text(self.path, text)
+        atomic_write_text(self.out_dir / BACKUP_FILE, text)
 
     def get(self, name: str) -> Optional[StepRecord]:
         return self.steps.get(name)
@@ -89,9 +122,11 @@ class Manifest:
         self.save()
         return rec
 
-    def finish(self, name: str, outputs: Dict[str, str], commands: List[str], elapsed_s: float) -> StepRecord:
+    def finish(self, name: str, outputs: Dict[str, str], commands: List[str], elapsed_s: float,
+               checks: Optional[Dict[str, str]] = None) -> StepRecord:
         rec = self.steps[name]
         rec.status, rec.outputs, rec.commands = DONE, dict(outputs), list(commands)
+        rec.checks = dict(checks or {})
         rec.finished_at, rec.elapsed_s, rec.error = _now(), round(elapsed_s, 2), None
         rec.output_id = uuid.uuid4().hex
         self.save()
@@ -105,3 +140,33 @@ class Manifest:
     def forget(self, name: str) -> None:
         if self.steps.pop(name, None) is not None:
             self.save()
+
+    def put(self, rec: StepRecord) -> None:
+        """Put a record back as it was (a failed redo restored the step's previous results)."""
+        self.steps[rec.name] = rec
+        self.save()
+
+
+def _read(path: Path):
+    """(the manifest's JSON, None) or (None, what is wrong with it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, str(e)
+    if not isinstance(data, dict):
+        return None, "not a JSON object"
+    return data, None
+
+
+# what finished steps leave behind, to name what survives a lost manifest
+_RESULTS = ("finetune/checkpoints/partial", "finetune/checkpoints/full", "stage1/run/ckpts/last.ckpt",
+            "pseudo_views", "multiview_finetune/checkpoints/multiview", "stage3/run/ckpts/last.ckpt",
+            "baseline/run/ckpts/last.ckpt", "results/mesh", "summary.html")
+
+
+def _survivors(out_dir: Path) -> str:
+    found = [r for r in _RESULTS if (out_dir / r).exists()]
+    if not found:
+        return "The folder holds no finished results."
+    return ("The folder still holds " + ", ".join(found) + " (the DreamBooth checkpoints can be used directly: "
+            "dreambooth3d finetune --init-checkpoint, system.guidance.checkpoint=...).")

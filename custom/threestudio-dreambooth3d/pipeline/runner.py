@@ -18,9 +18,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import StepFailedError
+from ..fs import content_fingerprint
 from ..log_routing import warnings_to_log
 from .commands import Command
 from .console import Console, failure_lines
@@ -190,6 +191,10 @@ class Runner:
         missing = [p for p in rec.outputs.values() if not (self.ctx.out / p).exists()]
         if missing:
             return Decision(step, True, f"output missing: {missing[0]}")
+        damaged = [rec.outputs[label] for label, check in rec.checks.items()
+                   if label in rec.outputs and content_fingerprint(self.ctx.out / rec.outputs[label]) != check]
+        if damaged:
+            return Decision(step, True, f"output damaged: {damaged[0]} changed since the step finished")
         return Decision(step, False, "done, inputs unchanged")
 
     # -- doing -------------------------------------------------------------------------
@@ -210,10 +215,13 @@ class Runner:
         return self.manifest
 
     def _run_step(self, d: Decision) -> float:
+        """Run one step. Unless it resumes, what it writes is first moved aside (OUT/.previous/STEP);
+        if it then fails (or, not being resumable, is interrupted) while its previous results were
+        complete, they are put back with their record, so a failed redo loses nothing."""
         step, ctx = d.step, self.ctx
-        if not d.resume:
-            for path in step.work_paths(ctx):
-                _remove(path)
+        previous = self.manifest.get(step.name)
+        previous = previous if previous is not None and previous.status == DONE else None
+        aside = [] if d.resume else _move_aside(step.work_paths(ctx), ctx.out / PREVIOUS_DIR / step.name)
         self.manifest.start(step.name, self.inputs(step))
         commands: List[str] = []
 
@@ -227,13 +235,61 @@ class Runner:
             with warnings_to_log(ctx.logs_dir / f"{step.name}.log", show=self.console.stream_output):
                 outputs = step.run(ctx, run_command)
         except KeyboardInterrupt:
-            raise  # the record stays "running": the next run sees an interrupted step
+            # the record stays "running": the next run resumes a resumable step from its new state
+            if step.resumable or previous is None:
+                _discard(aside)
+            else:
+                self._restore(aside, previous)
+            raise
         except Exception as e:
             self.manifest.fail(step.name, str(e), commands, time.monotonic() - t0)
+            if previous is not None and aside:
+                self._restore(aside, previous)
+                self.console.step(f"{step.name} failed; its previous results are back in place")
+            else:
+                _discard(aside)
             raise
         elapsed = time.monotonic() - t0
-        self.manifest.finish(step.name, {k: ctx.rel(v) for k, v in outputs.items()}, commands, elapsed)
+        rel = {k: ctx.rel(v) for k, v in outputs.items()}
+        checks = {k: content_fingerprint(ctx.out / p) for k, p in rel.items()}
+        self.manifest.finish(step.name, rel, commands, elapsed, checks)
+        _discard(aside)
         return elapsed
+
+    def _restore(self, aside: List[Tuple[Path, Path]], previous) -> None:
+        for original, moved in aside:
+            _remove(original)  # what the failed attempt wrote there
+            original.parent.mkdir(parents=True, exist_ok=True)
+            moved.rename(original)
+        _discard(aside)
+        self.manifest.put(previous)
+
+
+PREVIOUS_DIR = ".previous"  # OUT/.previous/STEP: a step's previous results while it is redone
+
+
+def _move_aside(paths: Sequence[Path], folder: Path) -> List[Tuple[Path, Path]]:
+    """Move each existing path into ``folder`` (a rename: same disk, no copy); [(original, moved)]."""
+    _remove(folder)  # left by a run killed during a redo: its step restarts cleanly
+    moved = []
+    for i, path in enumerate(paths):
+        if path.is_symlink() or path.exists():
+            target = folder / f"{i}-{path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+            moved.append((path, target))
+    return moved
+
+
+def _discard(aside: List[Tuple[Path, Path]]) -> None:
+    for _, moved in aside:
+        _remove(moved)
+    if aside:
+        shutil.rmtree(aside[0][1].parent, ignore_errors=True)
+        try:
+            aside[0][1].parent.parent.rmdir()  # OUT/.previous, once empty
+        except OSError:
+            pass
 
 
 def _remove(path: Path) -> None:
