@@ -25,12 +25,12 @@ def _no_module(name):
 
 # -- packages -----------------------------------------------------------------------------
 
-def test_requirement_missing_or_at_a_wrong_version_names_the_pip_command():
+def test_requirement_missing_or_at_a_wrong_version_names_the_one_install_command():
     row = doctor.check_requirement("libigl>=2.4,<2.6", _versions({"libigl": "2.6.3"}), _no_module)
     assert row.status == MISSING and "2.6.3 installed" in row.detail and "<2.6" in row.detail
-    assert row.fix.startswith('pip install "libigl') and "<2.6" in row.fix
+    assert row.fix == 'pip install torch==2.13.0 -e ".[test,threestudio]"'  # the README's, not a line per package
     row = doctor.check_requirement("jaxtyping", _versions({}), _no_module)
-    assert row.status == MISSING and row.fix == 'pip install "jaxtyping"'
+    assert row.status == MISSING and row.fix == doctor.INSTALL_COMMAND
     assert doctor.check_requirement("libigl>=2.4,<2.6", _versions({"libigl": "2.5.1"}), _no_module).status == OK
     # opencv-python instead of -headless still provides cv2
     found = doctor.check_requirement("opencv-python-headless", _versions({}), lambda m: object() if m == "cv2" else None)
@@ -49,10 +49,13 @@ def test_the_package_list_is_ours_plus_the_threestudio_extra():
     assert [r for r in reqs if r.startswith("omegaconf")] == ["omegaconf>=2.3"]
 
 
-def test_torchvision_missing_pins_the_installed_torch():
+def test_torchvision_missing_or_broken_is_information_and_pins_the_installed_torch():
+    # threestudio loads with cpu.compat's stand-in: not blocking
     row = doctor.check_torchvision(_versions({"torch": "2.14.1"}))
-    assert row.status == MISSING and row.fix == 'pip install "torch==2.14.1" torchvision'
-    assert doctor.check_torchvision(_versions({"torch": "2.14.1", "torchvision": "0.29.1"})).status == OK
+    assert row.status == INFO and row.fix == 'pip install "torch==2.14.1" torchvision' and not row.blocking
+    broken = doctor.check_torchvision(_versions({"torch": "2.13.0", "torchvision": "0.28.0"}), lambda name: False)
+    assert broken.status == INFO and "does not import" in broken.detail
+    assert doctor.check_torchvision(_versions({"torch": "2.14.1", "torchvision": "0.29.1"}), lambda n: True).status == OK
 
 
 # -- GPU and CUDA pieces --------------------------------------------------------------------
@@ -210,7 +213,7 @@ def test_doctor_command_prints_one_table_and_exits_by_what_is_missing(all_good, 
                         lambda: [doctor.check_requirement("jaxtyping", _versions({}), _no_module)])
     assert run_cli(["doctor", "--threestudio", str(all_good)]) == 1
     out = capsys.readouterr().out
-    assert 'jaxtyping: pip install "jaxtyping"' in out and "1 missing for --preset default: jaxtyping" in out
+    assert f"jaxtyping: {doctor.INSTALL_COMMAND}" in out and "1 missing for --preset default: jaxtyping" in out
 
 
 def test_run_stops_before_any_work_when_something_is_missing(all_good, monkeypatch, tmp_path, subject_dir, capsys):

@@ -20,12 +20,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="base model to look for (default: the preset's)")
     p.add_argument("--threestudio", default=None, help="threestudio checkout (default $THREESTUDIO_ROOT or the installed one)")
     p.add_argument("--out", default=".", help="where the run will write, for the free-disk check (default .)")
+    p.add_argument("--fix", action="store_true",
+                   help="fix what can be fixed here: without a threestudio (--threestudio, $THREESTUDIO_ROOT, or "
+                   "installed), git-fetch the tested commit into the cache folder (as `run` does); missing "
+                   "packages are one install command, printed")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from ..environment.doctor import blocking, format_table, run_checks
 
+    if args.fix:
+        from ..environment.fetch import ensure_threestudio
+
+        ensure_threestudio(args.threestudio)  # fetches only when none is given or installed
     rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=args.out)
     print(format_table(rows))
     missing = blocking(rows)

@@ -131,6 +131,21 @@ def run_steps(runner, start_from=None) -> int:
     return 0
 
 
+def threestudio_for(args: argparse.Namespace):
+    """The threestudio to run with: --threestudio, $THREESTUDIO_ROOT, the installed one, else the tested
+    commit fetched once into the cache folder (a dry run fetches nothing; its checks say what is missing)."""
+    from ..environment.fetch import ensure_threestudio
+    from ..errors import ThreestudioNotFoundError
+
+    try:
+        return str(ensure_threestudio(args.threestudio, fetch=not args.dry_run,
+                                      say=lambda msg: print(f"dreambooth3d run: {msg}", flush=True)))
+    except ThreestudioNotFoundError:
+        if args.dry_run:
+            return args.threestudio
+        raise
+
+
 def check_environment(args: argparse.Namespace) -> None:
     """``dreambooth3d doctor``'s checks for this preset, before anything is built: a missing piece
     stops the run here (a dry run only warns), warnings are printed."""
@@ -193,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     warnings = ([warning] if warning else []) + check_subject(Path(args.subject))
     for w in warnings:
         _warn(w)
+    args.threestudio = threestudio_for(args)
     check_environment(args)
     ctx = build_context(args)
     check_configs(ctx)

@@ -183,7 +183,7 @@ def build_executor(args, out: Path, cpu_preset: bool):
 def run(args: argparse.Namespace) -> int:
     from ..core.subject import list_subject_images, sha256_files
     from ..pipeline.commands import locate_configs
-    from ..environment.threestudio_root import locate_threestudio
+    from ..environment.fetch import ensure_threestudio
     from ..pipeline.presets import get_preset
     from ..sweep.plan import SweepOptions, is_finished, plan_cells, read_plan, write_plan, write_prompt_sets
     from ..sweep.progress import format_duration
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     methods = resolve_methods(args.methods, offered)
     preset = get_preset(args.preset)
     opts = SweepOptions(out=out, preset=args.preset, model=args.model, identifier=args.identifier, seed=args.seed,
-                        threestudio=str(locate_threestudio(args.threestudio)), configs=str(locate_configs(args.configs)),
+                        threestudio=str(ensure_threestudio(args.threestudio, fetch=not args.dry_run)), configs=str(locate_configs(args.configs)),
                         overrides=list(args.overrides), clip_models=args.clip_models, dino_model=args.dino_model,
                         distractors=str(Path(args.distractors).resolve()) if args.distractors else None)
     cells = plan_cells(opts, subjects, prompts, methods, photos, method_flag=offered is not None)

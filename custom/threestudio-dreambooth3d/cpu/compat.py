@@ -40,7 +40,7 @@ from typing import List, Optional, Union
 
 import torch
 
-from .standin import StandIn, importable
+from .standin import StandIn, StandInFinder, importable
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,33 @@ class _MissingRasterizerContext:
         )
 
 
+def install_torchvision_stand_in() -> bool:
+    """threestudio imports torchvision in three modules it loads (zero123 guidance, the co3d data,
+    the perceptual loss), none of which our stages use. Where torchvision does not import (not
+    installed, or PyPI's build beside a CPU torch: "operator torchvision::nms does not exist"),
+    a stand-in takes its place so threestudio loads; using it raises, saying why. True if installed."""
+    if any(isinstance(f, StandInFinder) for f in sys.meta_path):
+        return True
+    try:
+        importlib.import_module("torchvision")
+        return False
+    except Exception as e:  # ImportError, or RuntimeError from a build for another torch
+        why = f"torchvision does not import here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]  # the half-imported broken package
+    sys.meta_path.insert(0, StandInFinder(
+        "torchvision", why, "threestudio_dreambooth3d.cpu.compat put a stand-in in its place: our stages do not "
+        "use it. For threestudio's zero123 guidance, co3d data or perceptual loss install torch and torchvision "
+        "from one index (pip install torch==2.14.1 torchvision==0.29.1)"))
+    warnings.warn(f"{why}: threestudio loads with a torchvision stand-in (its zero123 guidance, co3d data and "
+                  "perceptual loss are unavailable)", UserWarning, stacklevel=2)
+    return True
+
+
 def install_stand_ins() -> List[str]:
-    """Put stand-ins for the CUDA-only extensions that cannot be imported; returns their names."""
-    installed = []
+    """Put stand-ins for the CUDA-only extensions that cannot be imported, and for a torchvision
+    that does not import; returns their names."""
+    installed = ["torchvision"] if install_torchvision_stand_in() else []
     for name in CUDA_ONLY_MODULES:
         if name in sys.modules or importable(name):
             continue

@@ -30,3 +30,40 @@ def importable(name: str) -> bool:
         return True
     except Exception:  # a broken CUDA build fails with OSError/RuntimeError as well
         return False
+
+
+class BrokenPackageStandIn(StandIn):
+    """In place of an installed package that fails to import (torchvision built for another torch):
+    imports fine, every submodule too; anything used raises, naming the import error and the fix."""
+
+    why: str = ""
+    fix: str = ""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"{self.__name__}.{name} is not available: {self.why}. {self.fix}")
+
+
+class StandInFinder:
+    """A meta-path finder answering ``package`` and every ``package.*`` with a
+    :class:`BrokenPackageStandIn` (first in ``sys.meta_path``, so the broken install is never tried)."""
+
+    def __init__(self, package: str, why: str, fix: str) -> None:
+        self.package, self.why, self.fix = package, why, fix
+
+    def find_spec(self, name, path=None, target=None):
+        import importlib.machinery
+
+        if name == self.package or name.startswith(self.package + "."):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = BrokenPackageStandIn(spec.name)
+        module.why, module.fix = self.why, self.fix
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module) -> None:
+        pass

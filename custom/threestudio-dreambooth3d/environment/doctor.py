@@ -23,7 +23,8 @@ from typing import Callable, List, Optional, Sequence, Union
 from ..cpu.standin import importable
 
 # the threestudio commit the threestudio tier and the smoke run were tested on (README)
-TESTED_THREESTUDIO_COMMIT = "28d9d80d9d00f308244adfcf3be8b17ca0cb6465"
+from .fetch import TESTED_THREESTUDIO_COMMIT  # noqa: F401  (re-exported: the commit doctor compares against)
+from .requirements import INSTALL_COMMAND
 # distribution name -> module it provides, where they differ in more than case and '-'/'_'
 IMPORT_NAMES = {
     "opencv-python-headless": "cv2", "pytorch-lightning": "pytorch_lightning", "pymcubes": "mcubes",
@@ -78,12 +79,16 @@ def git_commit(root: Path) -> Optional[str]:
 
 
 def check_threestudio(explicit: Optional[Union[str, Path]] = None) -> List[Check]:
-    from .threestudio_root import ThreestudioNotFoundError, locate_threestudio
+    from .fetch import cached_threestudio, ensure_threestudio
+    from .threestudio_root import ThreestudioNotFoundError
 
     try:
-        root = locate_threestudio(explicit)
+        root = ensure_threestudio(explicit, fetch=False)  # given, installed, or fetched before
     except ThreestudioNotFoundError as e:
+        fetchable = not explicit and not os.environ.get("THREESTUDIO_ROOT")
         return [Check("threestudio", MISSING, str(e).split(". ")[0],
+                      f"dreambooth3d doctor --fix (git-fetches the tested commit into {cached_threestudio()}; "
+                      "`dreambooth3d run` does the same)" if fetchable else
                       "git clone https://github.com/threestudio-project/threestudio && "
                       "export THREESTUDIO_ROOT=$PWD/threestudio")]
     text = (root / "threestudio" / "__init__.py").read_text(errors="replace")
@@ -135,7 +140,7 @@ def check_requirement(text: str, version_of: Callable[[str], Optional[str]] = No
     version_of = version_of or _dist_version
     find_spec = find_spec or importlib.util.find_spec
     req = Requirement(text)
-    fix = f'pip install "{req.name}{req.specifier}"'
+    fix = INSTALL_COMMAND  # one command installs every package: no line per package
     version = version_of(req.name)
     if version is None:
         if find_spec(_module_name(req.name)) is not None:  # e.g. opencv-python instead of -headless
@@ -157,13 +162,19 @@ def check_packages() -> List[Check]:
     return [check_requirement(r) for r in requirements()] + [check_torchvision()]
 
 
-def check_torchvision(version_of: Callable[[str], Optional[str]] = None) -> Check:
-    """threestudio imports torchvision; it is installed with torch (same index), not by our extra."""
+def check_torchvision(version_of: Callable[[str], Optional[str]] = None,
+                      imports: Callable[[str], bool] = importable) -> Check:
+    """threestudio imports torchvision (three modules our stages do not use); where it does not
+    import, cpu.compat puts a stand-in in its place. A matching build comes with torch, same index."""
     version_of = version_of or _dist_version
     tv, torch = version_of("torchvision"), version_of("torch")
     pin = f'pip install "torch=={torch}" torchvision' if torch else "pip install torch torchvision"
     if tv is None:
-        return Check("torchvision", MISSING, "not installed (threestudio imports it)", pin)
+        return Check("torchvision", INFO, "not installed: threestudio loads with a stand-in (cpu.compat); "
+                     "its zero123 guidance, co3d data and perceptual loss need it", pin)
+    if not imports("torchvision"):
+        return Check("torchvision", INFO, f"{tv} installed but does not import (a build for another torch): "
+                     "threestudio loads with a stand-in (cpu.compat)", pin)
     return Check("torchvision", OK, tv)
 
 
@@ -300,9 +311,12 @@ def format_table(rows: Sequence[Check]) -> str:
     w1 = max(len(r.name) for r in rows)
     w2 = max(len(r.status) for r in rows)
     lines = [f"{r.name:<{w1}}  {r.status:<{w2}}  {r.detail}" for r in rows]
-    fixes = [r for r in rows if r.fix and r.status in (MISSING, WARN)]
+    fixes: dict = {}  # one line per fix: every missing package shares the install command
+    for r in rows:
+        if r.fix and r.status in (MISSING, WARN):
+            fixes.setdefault(r.fix, []).append(r.name)
     if fixes:
-        lines += ["", "to fix:"] + [f"  {r.name}: {r.fix}" for r in fixes]
+        lines += ["", "to fix:"] + [f"  {', '.join(names)}: {fix}" for fix, names in fixes.items()]
     return "\n".join(lines)
 
 

@@ -1,6 +1,10 @@
 """What to install, in one place: setup.py reads these lists (without importing the package)
 and ``dreambooth3d doctor`` checks this Python against them. Pure data, no imports."""
 
+# The one install command (README, CI's .ci/run, doctor's fix for missing packages), from this
+# repository's folder: the CPU torch wheel, our package with its test and threestudio extras.
+INSTALL_COMMAND = 'pip install torch==2.13.0 -e ".[test,threestudio]"'
+
 INSTALL_REQUIRES = [
     # torch is not pinned here: GPU users keep their CUDA build; the README pins the CPU wheel.
     "torch>=2.0",
