@@ -100,3 +100,17 @@ def test_threestudio_tier_skips_with_the_fix_when_threestudio_cannot_load(tmp_pa
     # nothing passed, failed or errored
     assert re.search(r"^\d+ skipped(, \d+ warnings?)? in", out.stdout, re.M), out.stdout[-3000:]
     assert "cannot be imported" in out.stdout and 'pip install -e ".[threestudio]"' in out.stdout
+
+
+def test_readme_first_block_is_install_test_run_and_ci_runs_exactly_its_first_two():
+    from threestudio_dreambooth3d.environment.requirements import INSTALL_COMMAND
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands[0] == INSTALL_COMMAND  # one command: the tests' and threestudio's requirements
+    assert commands[1] == "python -m pytest -q"
+    assert commands[2].startswith("dreambooth3d run --preset smoke ") and "THREESTUDIO_ROOT" not in commands[2]
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == commands[:2]

@@ -1,0 +1,49 @@
+"""threestudio imports torchvision; where it does not import (PyPI's build beside the CPU torch:
+"operator torchvision::nms does not exist"), cpu.compat puts a stand-in in its place."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+BROKEN = 'raise RuntimeError("operator torchvision::nms does not exist")\n'
+
+PROBE = textwrap.dedent("""
+    import sys
+    from threestudio_dreambooth3d.cpu.compat import install_torchvision_stand_in
+    print("installed", install_torchvision_stand_in())
+    import torchvision.transforms.functional as TF       # threestudio's zero123 guidance and co3d data
+    from torchvision import models                         # its perceptual loss
+    print("imported", type(models).__name__)
+    try:
+        TF.resize
+    except AttributeError as e:
+        print("used:", e)
+""")
+
+
+def _run(tmp_path, init: str) -> str:
+    env_path = tmp_path / "site"
+    (env_path / "torchvision" / "transforms").mkdir(parents=True)
+    (env_path / "torchvision" / "__init__.py").write_text(init)
+    (env_path / "torchvision" / "transforms" / "__init__.py").write_text("")
+    (env_path / "torchvision" / "transforms" / "functional.py").write_text("def resize(): pass\n")
+    (env_path / "torchvision" / "models.py").write_text("")
+    env = {"PYTHONPATH": str(env_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_a_torchvision_that_does_not_import_gets_a_stand_in_that_explains_itself(tmp_path):
+    out = _run(tmp_path, BROKEN)
+    assert "installed True" in out and "imported BrokenPackageStandIn" in out
+    assert "used: torchvision.functional" not in out  # named by its full module path
+    assert "used: torchvision.transforms.functional.resize is not available: torchvision does not import here " \
+           "(RuntimeError: operator torchvision::nms does not exist)" in out
+    assert "pip install torch==2.14.1 torchvision==0.29.1" in out
+
+
+def test_a_torchvision_that_imports_is_left_alone(tmp_path):
+    out = _run(tmp_path, "")
+    assert "installed False" in out and "imported module" in out and "used:" not in out
