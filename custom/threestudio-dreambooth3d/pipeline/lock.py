@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -64,7 +65,7 @@ def folder_lock(folder: Union[str, Path], argv: Optional[Sequence[str]] = None) 
             "--out folder; a lock left by a process that died never blocks."
         ) from None
     try:
-        command = " ".join(argv if argv is not None else ["dreambooth3d", *sys.argv[1:]])
+        command = shlex.join(argv if argv is not None else ["dreambooth3d", *sys.argv[1:]])
         atomic_write_text(folder / INFO_FILE, json.dumps({
             "pid": os.getpid(), "host": socket.gethostname(), "command": command,
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
