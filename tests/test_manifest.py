@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from threestudio_dreambooth3d.errors import DiskFullError
+from threestudio_dreambooth3d.fs import sha256_files
 from threestudio_dreambooth3d.pipeline import manifest as mf
-from threestudio_dreambooth3d.core.subject import sha256_files
 
 
 def test_manifest_round_trip_and_atomic_write(tmp_path):
@@ -64,7 +65,7 @@ def test_disk_full_while_saving_the_manifest_is_reported(tmp_path, monkeypatch):
     from threestudio_dreambooth3d import fs
 
     monkeypatch.setattr(fs.os, "replace", full)  # the manifest saves through fs's one atomic write
-    with pytest.raises(mf.DiskFullError, match="No space left on the disk while writing .*manifest.json"):
+    with pytest.raises(DiskFullError, match="No space left on the disk while writing .*manifest.json"):
         m.start("finetune", {})
     assert not list(tmp_path.glob(".manifest.json.tmp*"))
 

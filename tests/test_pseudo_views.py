@@ -213,28 +213,3 @@ def test_written_view_names_follow_the_given_names_not_the_default_thresholds(tm
     assert [r["view"] for r in pv.read_pseudo_views(folder).cameras] == names
     with pytest.raises(pv.PseudoViewError, match="2 view names for 6 images"):
         pv.write_pseudo_views(tmp_path / "q", images, cams, "a sks dog", view_names=["front", "back"])
-
-
-def test_masked_mse_ignores_the_background():
-    render = torch.zeros(1, 4, 4, 3)
-    target = torch.zeros(1, 4, 4, 3)
-    target[0, :, 2:] = 1.0  # the pseudo view differs from the render only in the background
-    mask = torch.zeros(1, 4, 4, 1)
-    mask[0, :, :2] = 1.0
-    assert pv.masked_mse(render, target, mask).item() == 0.0
-    assert torch.nn.functional.mse_loss(render, target).item() == 0.5
-    # inside the mask: the mean squared error over the masked pixels, whatever the mask's size
-    target[0, 0, 0] = 1.0
-    assert pv.masked_mse(render, target, mask).item() == pytest.approx(1 / 8, rel=1e-5)
-    # soft weights weight pixels; an empty mask gives 0, not NaN
-    assert pv.masked_mse(render, target, mask * 0.5).item() == pytest.approx(1 / 8, rel=1e-5)
-    assert pv.masked_mse(render, target, torch.zeros_like(mask)).item() == 0.0
-
-
-def test_dilate_mask_grows_by_whole_pixels():
-    mask = torch.zeros(1, 7, 7, 1)
-    mask[0, 3, 3] = 0.8
-    assert torch.equal(pv.dilate_mask(mask, 0), mask)
-    grown = pv.dilate_mask(mask, 2)
-    assert grown.shape == mask.shape
-    assert torch.equal(grown[0, 1:6, 1:6, 0], torch.full((5, 5), 0.8)) and grown.sum().item() == pytest.approx(25 * 0.8)

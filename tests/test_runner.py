@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from threestudio_dreambooth3d.errors import DiskFullError
 from threestudio_dreambooth3d.pipeline import commands, manifest as mf
 from threestudio_dreambooth3d.pipeline.runner import Runner, StepFailedError, execute
 from threestudio_dreambooth3d.pipeline.steps import STEP_NAMES, get_step
@@ -195,7 +196,7 @@ def test_failed_command_reports_its_last_lines_and_log(tmp_path):
 def test_disk_full_in_a_command_is_named_as_such(tmp_path):
     cmd = commands.Command([sys.executable, "-c", "raise OSError(28, 'No space left on device')"], cwd=tmp_path,
                            log_name="stage3")
-    with pytest.raises(mf.DiskFullError, match="No space left on the disk while running stage3"):
+    with pytest.raises(DiskFullError, match="No space left on the disk while running stage3"):
         execute(cmd, tmp_path / "stage3.log")
 
 

@@ -119,16 +119,6 @@ def test_translate_is_batched_img2img_with_the_full_model(threestudio, tiny_sd_p
     torch.testing.assert_close(out[2:], alone, atol=1e-5, rtol=0)
 
 
-def test_checkpoint_errors_name_the_fix(threestudio, dreambooth_run):
-    from threestudio_dreambooth3d.guidance.dreambooth_sds_guidance import resolve_checkpoint
-
-    assert resolve_checkpoint(str(dreambooth_run), "full") == dreambooth_run / "checkpoints" / "full"
-    assert resolve_checkpoint(str(dreambooth_run / "checkpoints" / "partial"), "ignored") == dreambooth_run / "checkpoints" / "partial"
-    assert resolve_checkpoint(None) is None
-    with pytest.raises(FileNotFoundError, match=r"multiview.*available: full, partial"):
-        resolve_checkpoint(str(dreambooth_run), "multiview")
-
-
 def test_text_encoder_is_not_loaded_unless_the_stage_translates(threestudio, tiny_sd_path, dreambooth_run, guidance):
     """SDS gets its embeddings from the prompt processor: the guidance loads no text encoder
     (a checkpoint that trained one still loads); translate() then says which key loads it."""

@@ -10,7 +10,8 @@ from typing import Dict, List
 
 from ..errors import ConfigError, MachineError
 from ..finetune_options import nonempty
-from ..pipeline.context import METHODS, RunContext, slug
+from ..formats import slug
+from ..pipeline.context import METHODS, RunContext
 from ..pipeline.presets import PRESETS, get_preset
 from ..pipeline.steps import STEP_NAMES, step_name
 
@@ -199,7 +200,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..pipeline.checks import check_configs, check_finetune_options, check_prompt, check_subject
     from ..pipeline.console import Console
     from ..pipeline.commands import prepare_workspace
-    from ..pipeline.runner import Runner, format_elapsed
+    from ..formats import format_duration
+    from ..pipeline.runner import Runner
     from ..pipeline.validate import check_stage_configs
 
     if args.start_from:
@@ -235,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
     code = run_steps(runner, args.start_from)
     if code != 0:
         return code
-    print(f"DreamBooth3D finished in {format_elapsed(time.monotonic() - t0)}: open {ctx.out / 'summary.html'}")
+    print(f"DreamBooth3D finished in {format_duration(time.monotonic() - t0)}: open {ctx.out / 'summary.html'}")
     from ..pipeline.steps import NerfStage
 
     kept = [ctx.last_ckpt(s.name) for s in runner.steps if isinstance(s, NerfStage) and ctx.last_ckpt(s.name).is_file()]

@@ -181,12 +181,13 @@ def build_executor(args, out: Path, cpu_preset: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.subject import list_subject_images, sha256_files
+    from ..core.subject import list_subject_images
+    from ..fs import sha256_files
     from ..pipeline.commands import locate_configs
     from ..environment.fetch import ensure_threestudio
     from ..pipeline.presets import get_preset
     from ..sweep.plan import SweepOptions, is_finished, plan_cells, read_plan, write_plan, write_prompt_sets
-    from ..sweep.progress import format_duration
+    from ..formats import format_duration
     from ..sweep.report import write_report
     from ..sweep.run import run_sweep
 

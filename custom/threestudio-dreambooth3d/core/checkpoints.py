@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Collection, Dict, List, Tuple, Union
+from typing import Any, Collection, Dict, List, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -60,6 +60,40 @@ def model_source(name_or_path: Union[str, Path]) -> str:
 def same_model_source(a: Union[str, Path], b: Union[str, Path]) -> bool:
     """Whether two model references name the same model: local paths are compared resolved."""
     return model_source(a) == model_source(b)
+
+
+def resolve_checkpoint(checkpoint: Optional[str], name: Optional[str] = None) -> Optional[Path]:
+    """The DreamBooth checkpoint folder a config names, or None for the plain base model.
+
+    ``checkpoint`` is either a checkpoint folder (``.../checkpoints/full``) or a
+    finetuning output folder, in which case ``name`` (``partial``, ``full``,
+    ``multiview``...) picks ``checkpoint/checkpoints/<name>``.
+    """
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    if is_checkpoint(path):
+        return path
+    for candidate in ([path / "checkpoints" / name, path / name] if name else []):
+        if is_checkpoint(candidate):
+            return candidate
+    found = sorted(p.name for p in (path / "checkpoints").glob("*") if is_checkpoint(p)) if path.is_dir() else []
+    raise CheckpointNotFoundError(
+        f"No DreamBooth checkpoint at {path}" + (f" named {name!r}" if name else "") + ". Set "
+        "system.guidance.checkpoint to a checkpoint folder (holding dreambooth.json) or to a finetuning "
+        "output folder plus system.guidance.checkpoint_name"
+        + (f" (available: {', '.join(found)})" if found else "") + "."
+    )
+
+
+def checkpoint_base_mismatch(checkpoint: Optional[Path], model: str) -> Optional[str]:
+    """A warning when ``checkpoint`` was trained on another base model than ``model``, else None."""
+    if checkpoint is None:
+        return None
+    base = read_meta(checkpoint).get("base_model")
+    if base and not same_model_source(base, model):
+        return f"DreamBooth checkpoint {checkpoint} was trained on {base}, guidance loads {model}"
+    return None
 
 
 def weight_layers(meta: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:

@@ -12,7 +12,6 @@ every step as diffusers' example script does.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,10 +27,10 @@ from . import checkpoints
 from . import lora
 from . import train_options as opts
 from .sd_models import SDComponents, load_sd_components, resolve_device
-from .subject import load_images, load_subject_images, sha256_files
+from .subject import load_images, load_subject_images
 from ..defaults import MIXED_PRECISIONS, TRAIN_MODES, MixedPrecision, TrainMode
 from ..errors import ConfigError, RunMismatchError, TrainingDivergedError
-from ..fs import atomic_write_file, fingerprint
+from ..fs import atomic_write_file, fingerprint, sha256_files
 
 log = logging.getLogger(__name__)
 

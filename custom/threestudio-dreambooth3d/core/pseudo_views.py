@@ -33,6 +33,7 @@ import torch
 
 from ..errors import PseudoViewError
 from . import cameras as cams
+from .images import ImagesLike, make_contact_sheet, to_uint8_images
 from .views import view_name
 from ..errors import MissingFileError
 from ..fs import atomic_write_dir
@@ -42,8 +43,6 @@ CONTACT_SHEET = "contact_sheet.png"
 FILTER_FILE = "filter.json"  # every view's filter scores and verdict (core.view_filter)
 REGENERATE = "Rerun stage 2 to regenerate the set (launch.py --test with the stage-2 config, or `dreambooth3d run`)."
 RECORD_KEYS = ("file", "elevation_deg", "azimuth_deg", "distance", "fovy_deg", "c2w", "height", "width")
-
-ImagesLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 
 
 @dataclass
@@ -76,39 +75,11 @@ class PseudoViewSet:
 # ----------------------------------------------------------------------------- writing
 
 
-def _to_uint8_images(images: ImagesLike, what: str, channels: int) -> List[np.ndarray]:
-    """Images as a list of HxWxC uint8 arrays; accepts NHWC or NCHW, float [0, 1] or uint8."""
-    from PIL import Image
-
-    out = []
-    for i, im in enumerate(images):  # a batch tensor/array iterates over its views
-        if isinstance(im, Image.Image):
-            im = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-        arr = im.detach().cpu().numpy() if isinstance(im, torch.Tensor) else np.asarray(im)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim == 3 and arr.shape[0] == channels and arr.shape[-1] != channels:
-            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-        if arr.ndim != 3 or arr.shape[-1] != channels:
-            raise PseudoViewError(f"{what} {i}: expected HxWx{channels} or {channels}xHxW, got shape {arr.shape}")
-        if arr.dtype == np.uint8:
-            out.append(np.ascontiguousarray(arr))
-            continue
-        if arr.dtype == bool:
-            arr = arr.astype(np.float32)
-        arr = arr.astype(np.float64)
-        if not np.isfinite(arr).all() or arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
-            raise PseudoViewError(f"{what} {i}: float values must be finite and in [0, 1], "
-                                  f"got [{np.nanmin(arr):.3g}, {np.nanmax(arr):.3g}]")
-        out.append(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
-    return out
-
-
 def to_pil_images(images: ImagesLike) -> list:
     """Images (any form :func:`write_pseudo_views` takes) as PIL RGB images, e.g. for an encoder."""
     from PIL import Image
 
-    return [Image.fromarray(a) for a in _to_uint8_images(images, "image", 3)]
+    return [Image.fromarray(a) for a in to_uint8_images(images, "image", 3)]
 
 
 def _camera_records(cameras: Any, n: int) -> List[Dict[str, Any]]:
@@ -147,48 +118,6 @@ def _camera_records(cameras: Any, n: int) -> List[Dict[str, Any]]:
     return out
 
 
-def make_contact_sheet(images: ImagesLike, labels: Sequence[str], columns: Optional[int] = None,
-                       label_height: int = 14, min_tile_width: int = 128,
-                       marks: Optional[Sequence[Optional[str]]] = None) -> "Image.Image":
-    """All views in a grid, each with its label in a strip under it.
-
-    Tiles narrower than ``min_tile_width`` are enlarged by a whole factor (nearest
-    neighbour) so 64-pixel renders stay visible and their labels fit; a label is clipped
-    to its own tile. ``marks``: per tile None or a note (why a view was dropped): the tile
-    gets a red frame and the note a red line under its label.
-    """
-    from PIL import Image, ImageDraw
-
-    arrays = _to_uint8_images(images, "image", 3)
-    if len(labels) != len(arrays):
-        raise ValueError(f"{len(labels)} labels for {len(arrays)} images")
-    if not arrays:
-        raise ValueError("no images for a contact sheet")
-    h = max(a.shape[0] for a in arrays)
-    w = max(a.shape[1] for a in arrays)
-    scale = max(1, math.ceil(min_tile_width / w))
-    h, w = h * scale, w * scale
-    marks = list(marks) if marks is not None else [None] * len(arrays)
-    if len(marks) != len(arrays):
-        raise ValueError(f"{len(marks)} marks for {len(arrays)} images")
-    if any(marks):
-        label_height *= 2  # a second line for the note
-    columns = columns or math.ceil(math.sqrt(len(arrays)))
-    rows = math.ceil(len(arrays) / columns)
-    sheet = Image.new("RGB", (columns * w, rows * (h + label_height)), "white")
-    for i, (arr, label, mark) in enumerate(zip(arrays, labels, marks)):
-        x, y = (i % columns) * w, (i // columns) * (h + label_height)
-        sheet.paste(Image.fromarray(arr.repeat(scale, 0).repeat(scale, 1)), (x, y))
-        strip = Image.new("RGB", (w, label_height), "white")
-        draw = ImageDraw.Draw(strip)
-        draw.text((2, 1), label, fill="black")
-        if mark:
-            draw.text((2, label_height // 2 + 1), mark, fill=(200, 0, 0))
-            ImageDraw.Draw(sheet).rectangle([x, y, x + w - 1, y + h - 1], outline=(220, 0, 0), width=max(2, w // 40))
-        sheet.paste(strip, (x, y + h))
-    return sheet
-
-
 def _label(i: int, rec: Dict[str, Any]) -> str:
     return f"{i:03d} az{rec['azimuth_deg']:.0f} el{rec['elevation_deg']:.0f} {rec['view']}"
 
@@ -220,7 +149,7 @@ def write_pseudo_views(
     from PIL import Image
 
     folder = Path(folder)
-    rgb = _to_uint8_images(images, "image", 3)
+    rgb = to_uint8_images(images, "image", 3)
     n = len(rgb)
     if n == 0:
         raise PseudoViewError("no images to write")
@@ -232,8 +161,8 @@ def write_pseudo_views(
         view_names = [view_name(r["elevation_deg"], r["azimuth_deg"]) for r in records]
     if len(view_names) != n:
         raise PseudoViewError(f"{len(view_names)} view names for {n} images")
-    mask_arrays = None if masks is None else _to_uint8_images(masks, "mask", 1)
-    render_arrays = None if renders is None else _to_uint8_images(renders, "render", 3)
+    mask_arrays = None if masks is None else to_uint8_images(masks, "mask", 1)
+    render_arrays = None if renders is None else to_uint8_images(renders, "render", 3)
     for name, extra in (("masks", mask_arrays), ("renders", render_arrays)):
         if extra is not None:
             if len(extra) != n:
@@ -281,28 +210,6 @@ def write_pseudo_views(
             (tmp / FILTER_FILE).write_text(json.dumps(filter_info, indent=1) + "\n")
 
     return atomic_write_dir(folder, write)
-
-
-# ----------------------------------------------------------------------------- stage 3's loss
-
-
-def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Grow a soft mask [B, H, W, 1] by ``pixels`` (a (2p+1)^2 max filter); 0 returns it unchanged."""
-    if pixels <= 0:
-        return mask
-    x = mask.permute(0, 3, 1, 2)
-    x = torch.nn.functional.max_pool2d(x, 2 * pixels + 1, stride=1, padding=pixels)
-    return x.permute(0, 2, 3, 1)
-
-
-def masked_mse(render: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean squared error over the pixels ``weight`` [B, H, W, 1] selects (weighted mean).
-
-    Normalised by the mask's area, so the loss scale (and a ``lambda_rec`` tuned for the
-    plain MSE) does not shrink with the subject's size; an empty mask gives 0.
-    """
-    weight = weight.to(render).expand_as(render)
-    return ((render - target) ** 2 * weight).sum() / (weight.sum() + eps)
 
 
 # ----------------------------------------------------------------------------- reading

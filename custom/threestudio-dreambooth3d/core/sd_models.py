@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -204,3 +204,18 @@ def load_mvdream_unet(source: Union[str, Path], device: Optional[Union[str, torc
     LoRA merged, frozen, in eval mode: what the multi-view SDS guidance calls."""
     comps = load_mvdream_components(source, device=device, dtype=dtype)
     return comps.unet.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def embed_prompts(model: Union[str, Path], checkpoint: Optional[Path], prompts: List[str], device) -> torch.Tensor:
+    """CLIP hidden states [N, 77, D] from the checkpoint's (or the base's) text encoder."""
+    # tokenizer + text encoder only, with only the checkpoint's text-encoder weights (no UNet, VAE or LoRA merge)
+    comps = load_sd_components(model, checkpoint=checkpoint, parts=TEXT_PARTS)
+    comps.text_encoder.to(device).eval()
+    return comps.encode_prompts(prompts, device=device)
+
+
+def weights_dtype(half_precision: bool, device: Union[str, torch.device]) -> torch.dtype:
+    """fp16 weights on CUDA when asked (threestudio's ``half_precision_weights``); fp32 on a CPU,
+    whose fp16 kernels are slow or missing."""
+    return torch.float16 if half_precision and torch.device(device).type == "cuda" else torch.float32

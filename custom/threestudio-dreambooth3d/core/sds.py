@@ -41,6 +41,12 @@ class SDSConfig:
     var_red: bool = True  # SJC's variance reduction (subtract the injected noise)
 
 
+def check_weighting(name: str) -> None:
+    """Fail before any model loads on a weighting :func:`sds_weight` does not know."""
+    if name not in WEIGHTINGS:
+        raise ValueError(f"system.guidance.weighting_strategy={name!r}: expected one of {', '.join(WEIGHTINGS)}")
+
+
 def sds_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, weighting: str = "sds") -> torch.Tensor:
     """w(t) of threestudio's ``weighting_strategy``, shaped [B, 1, 1, 1]."""
     ab = per_item(alphas_cumprod, t)

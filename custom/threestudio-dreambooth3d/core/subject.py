@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..errors import SubjectImageError
-from ..fs import sha256_files  # noqa: F401  (re-exported: photo hashes)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # 8-bit modes only: 16-bit/float images (I;16, I, F) would be silently clipped by PIL

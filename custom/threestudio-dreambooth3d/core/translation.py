@@ -12,7 +12,11 @@ docs/PSEUDO_VIEWS.md.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Union
+
+import torch
+
+from .views import ViewPrompts
 
 SUBJECT, SCENE = "subject", "scene"
 
@@ -30,3 +34,12 @@ def translation_base_prompt(setting: Optional[str], subject_prompt: Union[str, C
                              "(system.prompt_processor.prompt): set it, or use 'subject'")
         return scene_prompt
     return choice
+
+
+def translation_prompts(prompt: str, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor,
+                        view_prompts: Optional[ViewPrompts]) -> List[str]:
+    """One img2img prompt per render: ``prompt`` made view-dependent as the SDS prompts are
+    (``view_prompts``, the prompt processor's settings), or the same prompt for all (None)."""
+    if view_prompts is None:
+        return [prompt] * len(elevation_deg)
+    return view_prompts.prompts(prompt, elevation_deg, azimuth_deg)

@@ -18,11 +18,11 @@ Duplicates (case and spacing aside) are dropped, the evaluated prompt kept first
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from ..errors import EvalInputError
+from ..formats import remove_identifier
 
 LIVE_CLASSES = ("dog", "cat")  # the DreamBooth dataset's live subjects
 
@@ -68,13 +68,6 @@ OBJECT_CENTRIC_CAPTIONS = (
     "a bird perched on a branch", "a motorcycle parked in a garage", "a pizza in a cardboard box",
     "a suitcase at an airport", "a stuffed animal on a shelf", "a skull on a stone table",
 )
-
-
-def remove_identifier(prompt: str, identifier: str) -> str:
-    """The prompt CLIP scores: the rare identifier removed ('a sks dog' -> 'a dog')."""
-    if not identifier:
-        return " ".join(prompt.split())
-    return " ".join(re.sub(rf"(?<!\w){re.escape(identifier)}(?!\w)", " ", prompt).split())
 
 
 def dataset_prompts(class_noun: str, identifier: str = "sks") -> List[str]:

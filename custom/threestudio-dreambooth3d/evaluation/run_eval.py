@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -37,13 +36,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import EvalInputError
+from ..formats import has_identifier, remove_identifier
 from ..core.subject import IMAGE_EXTENSIONS, list_subject_images, load_image
 from . import DEFAULT_CLIP_MODELS
 from . import DEFAULT_DINO_MODEL
 from .metrics import (janus_score, mean_pairwise_similarity, r_precision, true_prompt_ranks, turntable_azimuths,
                       view_prompt_texts)
-from .prompt_sets import (OBJECT_CENTRIC_CAPTIONS, dataset_prompts, read_prompt_file, remove_identifier,
-                          retrieval_prompts)
+from .prompt_sets import OBJECT_CENTRIC_CAPTIONS, dataset_prompts, read_prompt_file, retrieval_prompts
 
 EVAL_JSON = "eval.json"
 GRID_PNG = "view_grid.png"
@@ -209,23 +208,12 @@ def build_retrieval_prompts(cfg: "EvalConfig", prompt: str, class_noun: Optional
 
 
 def write_view_grid(images: Sequence, path: Union[str, Path], max_views: int = 24, thumb: int = 128) -> Path:
-    """A contact sheet of up to ``max_views`` views evenly spaced along the turntable."""
-    from PIL import Image
+    """A contact sheet of up to ``max_views`` views evenly spaced along the turntable, ``thumb`` px high."""
+    from ..core.images import evenly_spaced, make_contact_sheet
 
-    n = len(images)
-    m = max(1, min(n, max_views))
-    picked = [images[round(i * (n - 1) / (m - 1))] if m > 1 else images[0] for i in range(m)]
-    cols = math.ceil(math.sqrt(m))
-    rows = math.ceil(m / cols)
-    # thumbnails share the first view's aspect ratio, height ``thumb``
-    w0, h0 = picked[0].size
-    tw = max(1, round(thumb * w0 / h0))
-    sheet = Image.new("RGB", (cols * tw, rows * thumb), (255, 255, 255))
-    for i, img in enumerate(picked):
-        sheet.paste(img.convert("RGB").resize((tw, thumb), Image.BICUBIC), ((i % cols) * tw, (i // cols) * thumb))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    make_contact_sheet(evenly_spaced(images, max_views), tile_height=thumb).save(path)
     return path
 
 
@@ -319,7 +307,7 @@ def evaluate(cfg: EvalConfig) -> Dict:
     }
     if view_texts is None and cfg.janus:
         results["warnings"].append("no Janus score: pass --class-noun (a run folder's manifest names it)")
-    if cfg.identifier and not re.search(rf"(?<!\w){re.escape(cfg.identifier)}(?!\w)", prompt):
+    if cfg.identifier and not has_identifier(prompt, cfg.identifier):
         results["warnings"].append(
             f"the prompt {prompt!r} does not contain the identifier {cfg.identifier!r}: scoring a prompt "
             "other than the one the asset was made for, or a run made without its subject")

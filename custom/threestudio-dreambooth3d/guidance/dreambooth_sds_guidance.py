@@ -15,7 +15,6 @@ SD 1.x/2.x base and right for 768 px models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -26,33 +25,8 @@ from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.base import BaseObject
 
 from ..core import guidance_eval as eval_pictures, sds, vae
-from ..core.checkpoints import is_checkpoint, read_meta, same_model_source
+from ..core.checkpoints import checkpoint_base_mismatch, resolve_checkpoint
 from ..defaults import DEFAULT_MODEL
-from ..errors import CheckpointNotFoundError
-
-
-def resolve_checkpoint(checkpoint: Optional[str], name: Optional[str] = None) -> Optional[Path]:
-    """The DreamBooth checkpoint folder a config names, or None for the plain base model.
-
-    ``checkpoint`` is either a checkpoint folder (``.../checkpoints/full``) or a
-    finetuning output folder, in which case ``name`` (``partial``, ``full``,
-    ``multiview``...) picks ``checkpoint/checkpoints/<name>``.
-    """
-    if not checkpoint:
-        return None
-    path = Path(checkpoint)
-    if is_checkpoint(path):
-        return path
-    for candidate in ([path / "checkpoints" / name, path / name] if name else []):
-        if is_checkpoint(candidate):
-            return candidate
-    found = sorted(p.name for p in (path / "checkpoints").glob("*") if is_checkpoint(p)) if path.is_dir() else []
-    raise CheckpointNotFoundError(
-        f"No DreamBooth checkpoint at {path}" + (f" named {name!r}" if name else "") + ". Set "
-        "system.guidance.checkpoint to a checkpoint folder (holding dreambooth.json) or to a finetuning "
-        "output folder plus system.guidance.checkpoint_name"
-        + (f" (available: {', '.join(found)})" if found else "") + "."
-    )
 
 
 @threestudio.register("dreambooth-sds-guidance")
@@ -105,22 +79,14 @@ class DreamBoothSDSGuidance(BaseObject):
     update_step = StableDiffusionGuidance.update_step
 
     def configure(self) -> None:
-        from ..core.sd_models import DENOISING_PARTS, TEXT_PARTS, load_sd_components
+        from ..core.sd_models import DENOISING_PARTS, TEXT_PARTS, load_sd_components, weights_dtype
 
-        if self.cfg.weighting_strategy not in sds.WEIGHTINGS:
-            raise ValueError(f"system.guidance.weighting_strategy={self.cfg.weighting_strategy!r}: expected one of "
-                             f"{', '.join(sds.WEIGHTINGS)}")
+        sds.check_weighting(self.cfg.weighting_strategy)
         self.checkpoint_path = resolve_checkpoint(self.cfg.checkpoint, self.cfg.checkpoint_name)
-        if self.checkpoint_path is not None:
-            base = read_meta(self.checkpoint_path).get("base_model")
-            if base and not same_model_source(base, self.cfg.pretrained_model_name_or_path):
-                threestudio.warn(
-                    f"DreamBooth checkpoint {self.checkpoint_path} was trained on {base}, "
-                    f"guidance loads {self.cfg.pretrained_model_name_or_path}"
-                )
-        self.weights_dtype = (
-            torch.float16 if self.cfg.half_precision_weights and self.device.type == "cuda" else torch.float32
-        )
+        mismatch = checkpoint_base_mismatch(self.checkpoint_path, self.cfg.pretrained_model_name_or_path)
+        if mismatch:
+            threestudio.warn(mismatch)
+        self.weights_dtype = weights_dtype(self.cfg.half_precision_weights, self.device)
         offload = self.cfg.enable_sequential_cpu_offload and self.device.type != "cpu"
         if self.cfg.enable_sequential_cpu_offload and not offload:
             threestudio.warn("enable_sequential_cpu_offload has no effect when the guidance runs on the CPU")

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import List, Optional
 
-from .manifest import raise_if_disk_full
+from ..fs import raise_if_disk_full
 from ..errors import MissingOutputError
 
 _IT = re.compile(r"^it(\d+)-")

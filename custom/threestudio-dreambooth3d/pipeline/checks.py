@@ -9,17 +9,18 @@ from typing import List, Optional, Union
 
 from .context import RunContext
 from ..errors import ConfigError, MissingFileError
+from ..formats import has_identifier, identifier_pattern
 
 
 def check_prompt(prompt: str, identifier: str, class_noun: str) -> Optional[str]:
     """A warning when the prompt does not name the subject the way DreamBooth learnt it."""
-    if not re.search(rf"(?<!\w){re.escape(identifier)}(?!\w)", prompt):
+    if not has_identifier(prompt, identifier):
         return (
             f"the prompt {prompt!r} does not contain the identifier {identifier!r}. DreamBooth binds your "
             f"subject to '{identifier} {class_noun}', so without it every stage optimises a generic "
             f"{class_noun}, not yours. Use e.g. --prompt 'a {identifier} {class_noun} wearing a hat'."
         )
-    if not re.search(rf"(?<!\w){re.escape(identifier)}\s+{re.escape(class_noun)}", prompt):
+    if not re.search(identifier_pattern(identifier) + rf"\s+{re.escape(class_noun)}", prompt):
         return (
             f"the prompt {prompt!r} does not contain '{identifier} {class_noun}' (identifier then class noun), "
             "the phrase DreamBooth was trained on; the subject may come out weaker."

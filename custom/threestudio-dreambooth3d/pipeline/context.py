@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 
 from .presets import Preset
 from ..errors import ConfigError
+from ..formats import slug
 
 TRIAL_TAG = "run"
 MULTIVIEW_INITS = ("partial", "full")
@@ -45,15 +46,6 @@ def split_round(name: str):
     """``"stage3_r2"`` -> ``("stage3", 2)``; a plain name is round 1."""
     m = re.fullmatch(r"(.+)_r([0-9]+)", name)
     return (m.group(1), int(m.group(2))) if m else (name, 1)
-
-
-def slug(text: str, max_len: int = 60) -> str:
-    """A folder name for a prompt (or class noun); a long one is cut and keeps a hash of the whole
-    text, so it stays a valid file name and two never collide."""
-    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
-    if len(s) > max_len:
-        s = s[: max_len - 9].rstrip("-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return s
 
 
 @dataclass

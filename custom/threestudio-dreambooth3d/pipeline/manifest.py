@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..errors import DiskFullError, ManifestError  # noqa: F401  (DiskFullError: callers import it from here)
-from ..fs import atomic_write_text, fingerprint, raise_if_disk_full  # noqa: F401  (re-exported)
+from ..errors import ManifestError
+from ..formats import now_iso
+from ..fs import atomic_write_text, fingerprint
 
 MANIFEST_FILE = "manifest.json"
 BACKUP_FILE = ".manifest.json.bak"
@@ -64,10 +64,6 @@ class StepRecord:
         if not isinstance(rec.outputs, dict) or not isinstance(rec.checks, dict):
             return None
         return rec
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class Manifest:
@@ -117,7 +113,7 @@ class Manifest:
         self.save()
 
     def start(self, name: str, inputs: Dict[str, Any]) -> StepRecord:
-        rec = StepRecord(name=name, status=RUNNING, inputs=inputs, fingerprint=fingerprint(inputs), started_at=_now())
+        rec = StepRecord(name=name, status=RUNNING, inputs=inputs, fingerprint=fingerprint(inputs), started_at=now_iso())
         self.steps[name] = rec
         self.save()
         return rec
@@ -127,7 +123,7 @@ class Manifest:
         rec = self.steps[name]
         rec.status, rec.outputs, rec.commands = DONE, dict(outputs), list(commands)
         rec.checks = dict(checks or {})
-        rec.finished_at, rec.elapsed_s, rec.error = _now(), round(elapsed_s, 2), None
+        rec.finished_at, rec.elapsed_s, rec.error = now_iso(), round(elapsed_s, 2), None
         rec.output_id = uuid.uuid4().hex
         self.save()
         return rec

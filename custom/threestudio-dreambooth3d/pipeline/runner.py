@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import StepFailedError
-from ..fs import content_fingerprint
+from ..errors import DiskFullError, StepFailedError
+from ..formats import format_duration
+from ..fs import content_fingerprint, raise_if_disk_full
 from ..log_routing import warnings_to_log
 from .commands import Command
 from .console import Console, failure_lines
 from .context import RunContext
-from .manifest import DONE, FAILED, RUNNING, DiskFullError, Manifest, fingerprint, raise_if_disk_full
+from .manifest import DONE, FAILED, RUNNING, Manifest, fingerprint
 from .steps import STEPS, Step, step_name
 
 Executor = Callable[[Command, Path], None]
@@ -40,13 +41,6 @@ class Decision:
     run: bool
     reason: str
     resume: bool = False  # continue from the step's own saved state instead of wiping it
-
-
-def format_elapsed(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> None:
@@ -211,7 +205,7 @@ class Runner:
             self.current = d.step.name
             elapsed = self._run_step(d)
             self.current = None
-            self.console.step(f"{head}: done in {format_elapsed(elapsed)}")
+            self.console.step(f"{head}: done in {format_duration(elapsed)}")
         return self.manifest
 
     def _run_step(self, d: Decision) -> float:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -26,20 +25,9 @@ import threestudio
 from threestudio.models.prompt_processors.base import PromptProcessor, hash_prompt
 from threestudio.utils.misc import cleanup
 
-from ..core.sd_models import text_encoder_key
+from ..core.checkpoints import resolve_checkpoint
 from ..core.config_text import decode_literal
-from ..guidance.dreambooth_sds_guidance import resolve_checkpoint
-
-
-@torch.no_grad()
-def embed_prompts(model: str, checkpoint: Optional[Path], prompts: List[str], device) -> torch.Tensor:
-    """CLIP hidden states [N, 77, D] from the checkpoint's (or the base's) text encoder."""
-    from ..core.sd_models import TEXT_PARTS, load_sd_components
-
-    # tokenizer + text encoder only, with only the checkpoint's text-encoder weights (no UNet, VAE or LoRA merge)
-    comps = load_sd_components(model, checkpoint=checkpoint, parts=TEXT_PARTS)
-    comps.text_encoder.to(device).eval()
-    return comps.encode_prompts(prompts, device=device)
+from ..core.sd_models import embed_prompts, text_encoder_key
 
 
 @threestudio.register("dreambooth-prompt-processor")

@@ -16,14 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..formats import now_iso
 from ..fs import atomic_write_text
 from .plan import DONE, FAILED, RUNNING, Cell
 
 TAIL_LINES = 12
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def write_record(cell: Cell, record: Dict[str, Any]) -> Dict[str, Any]:
@@ -61,7 +58,7 @@ def _run_cell(cell: Cell, gpu: Optional[str]) -> Dict[str, Any]:
     t0 = time.monotonic()
     base = {"key": cell.key, "fingerprint": cell.fingerprint, "seed": cell.seed, "log": str(cell.log_path),
             "host": socket.gethostname(), "gpu": gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "started_at": _now()}
+            "started_at": now_iso()}
     write_record(cell, {**base, "status": RUNNING})
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if gpu is not None:
@@ -78,8 +75,8 @@ def _run_cell(cell: Cell, gpu: Optional[str]) -> Dict[str, Any]:
             if code != 0:
                 log.flush()
                 return write_record(cell, {
-                    **base, "status": FAILED, "finished_at": _now(), "elapsed_s": round(time.monotonic() - t0, 2),
+                    **base, "status": FAILED, "finished_at": now_iso(), "elapsed_s": round(time.monotonic() - t0, 2),
                     "error": f"dreambooth3d {name} exited with code {code}; last lines:\n{_tail(cell.log_path)}",
                 })
-    return write_record(cell, {**base, "status": DONE, "finished_at": _now(),
+    return write_record(cell, {**base, "status": DONE, "finished_at": now_iso(),
                                "elapsed_s": round(time.monotonic() - t0, 2), "eval_json": str(cell.eval_json)})

@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .dataset import Subject, fill_template
 from ..errors import MissingFileError, SweepInputError
+from ..formats import slug
 from ..fs import fingerprint
-from ..pipeline.context import slug  # noqa: F401  (cell folder names; re-exported)
 
 CELL_JSON = "cell.json"
 CELL_LOG = "cell.log"

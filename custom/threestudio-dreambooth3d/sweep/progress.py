@@ -13,15 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
 
+from ..formats import format_duration
 from ..fs import atomic_write_text
-from .plan import DONE, FAILED, PROGRESS_JSON, RUNNING, Cell, read_record
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+from .plan import DONE, PROGRESS_JSON, RUNNING, Cell, read_record
 
 
 def estimate_remaining(durations: Sequence[float], remaining: int, slots: int,

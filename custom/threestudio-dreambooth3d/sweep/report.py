@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .plan import DONE, Cell, read_record, slug
+from ..formats import slug
+from .plan import DONE, Cell, read_record
 
 REPORT_DIR = "report"
 TURNTABLE_FRAMES = 24  # frames of the animated turntable of a cell
@@ -175,10 +176,10 @@ def _turntable(result: CellResult, path: Path) -> Optional[Path]:
         return None
     from PIL import Image
 
+    from ..core.images import evenly_spaced
     from ..evaluation.run_eval import load_view  # one place for the rgb-panel crop
-    k = min(TURNTABLE_FRAMES, len(files))
-    picked = [files[round(i * (len(files) - 1) / (k - 1))] if k > 1 else files[0] for i in range(k)]
-    frames = [load_view(f).resize((THUMB, THUMB), Image.BICUBIC) for f in picked]
+
+    frames = [load_view(f).resize((THUMB, THUMB), Image.BICUBIC) for f in evenly_spaced(files, TURNTABLE_FRAMES)]
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
     return path

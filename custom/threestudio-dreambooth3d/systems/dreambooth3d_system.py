@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import threestudio
 from threestudio.systems.dreamfusion import DreamFusion
-from threestudio.utils.ops import binary_cross_entropy
+
+from ..core import stages, translation
+from ..core.views import ViewPrompts
 
 
 @threestudio.register("dreambooth3d-system")
@@ -61,12 +62,7 @@ class DreamBooth3DSystem(DreamFusion):
     cfg: Config
 
     def configure(self) -> None:
-        if self.cfg.stage not in (1, 2, 3):
-            raise ValueError(f"system.stage must be 1, 2 or 3, not {self.cfg.stage}")
-        if self.cfg.rec_mask_dilation < 0:
-            raise ValueError(f"system.rec_mask_dilation must be >= 0 pixels, not {self.cfg.rec_mask_dilation}")
-        if self.cfg.pseudo_view_shading not in ("albedo", "diffuse"):
-            raise ValueError(f"system.pseudo_view_shading must be albedo or diffuse, not {self.cfg.pseudo_view_shading!r}")
+        stages.check_system_config(self.cfg.stage, self.cfg.rec_mask_dilation, self.cfg.pseudo_view_shading)
         self.view_filter  # a bad pseudo_view_filter is reported before any work
         super().configure()
 
@@ -101,39 +97,24 @@ class DreamBooth3DSystem(DreamFusion):
 
     def reconstruction_losses(self, pseudo: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Render at the step's pseudo camera and compare with the pseudo view."""
-        from ..core.pseudo_views import dilate_mask, masked_mse
-
         out = self.renderer(
             rays_o=pseudo["rays_o"], rays_d=pseudo["rays_d"], light_positions=pseudo["light_positions"],
             shading=self.cfg.pseudo_view_shading,  # training renders pass it to the material
         )
-        if self.cfg.rec_mask_weighting:
-            if "mask" not in pseudo:
-                raise ValueError("system.rec_mask_weighting needs pseudo views with masks: rerun stage 2, "
-                                 "or set system.rec_mask_weighting=false")
-            weight = dilate_mask(pseudo["mask"], self.cfg.rec_mask_dilation)
-            losses = {"loss_rec": masked_mse(out["comp_rgb"], pseudo["rgb"], weight)}
-        else:
-            losses = {"loss_rec": F.mse_loss(out["comp_rgb"], pseudo["rgb"])}
-        if "mask" in pseudo:
-            opacity = out["opacity"].clamp(1.0e-3, 1.0 - 1.0e-3)
-            losses["loss_rec_mask"] = binary_cross_entropy(opacity, pseudo["mask"].clamp(0.0, 1.0))
-        return losses
+        return stages.reconstruction_losses(out["comp_rgb"], out["opacity"], pseudo["rgb"], pseudo.get("mask"),
+                                            self.cfg.rec_mask_weighting, self.cfg.rec_mask_dilation)
 
     def training_step(self, batch, batch_idx):
         pseudo = batch.pop("pseudo", None)
-        weights = {name: self.C(self.cfg.loss.get(f"lambda_{name}", 0.0)) for name in ("rec", "rec_mask")}
-        if not any(w > 0 for w in weights.values()):
-            pseudo = None  # nothing to reconstruct this step (e.g. a schedule still at 0)
-        elif pseudo is None:
-            raise ValueError(
-                "system.loss.lambda_rec > 0 needs pseudo views: set data.pseudo_views_dir to the folder stage 2 wrote"
-            )
+        weights = {key: self.C(self.cfg.loss.get(key, 0.0)) for key in stages.RECONSTRUCTION_WEIGHTS.values()}
+        if not stages.reconstruction_active(weights, pseudo is not None):
+            pseudo = None
         out = super().training_step(batch, batch_idx)  # DreamFusion: SDS + its regularisers
         if pseudo is not None:
-            for name, value in self.reconstruction_losses(pseudo).items():
+            losses = self.reconstruction_losses(pseudo)
+            for name, value in losses.items():
                 self.log(f"train/{name}", value)
-                out["loss"] = out["loss"] + value * weights[name[len("loss_"):]]
+            out["loss"] = stages.add_weighted(out["loss"], losses, weights)
         return out
 
     # -- stage 2: render, translate, write ---------------------------------------------------
@@ -167,10 +148,8 @@ class DreamBooth3DSystem(DreamFusion):
         self.write_pseudo_views(self._pseudo_renders)
 
     @property
-    def view_prompts(self):
+    def view_prompts(self) -> ViewPrompts:
         """The prompt processor's view settings: captions name a camera as its SDS prompt does."""
-        from ..core.views import ViewPrompts
-
         return ViewPrompts.from_config(self.cfg.prompt_processor)
 
     def subject_prompt(self) -> str:
@@ -178,18 +157,15 @@ class DreamBooth3DSystem(DreamFusion):
         checkpoint was trained on (subject), the stage's prompt (scene) or a custom text."""
         from ..core.checkpoints import read_meta
         from ..core.config_text import decode_literal
-        from ..core.translation import translation_base_prompt
 
         # user text reaches the config percent-encoded when it holds "${" (core/config_text.py)
-        return translation_base_prompt(decode_literal(self.cfg.translation_prompt),
+        return translation.translation_base_prompt(decode_literal(self.cfg.translation_prompt),
                                        lambda: read_meta(self.guidance.checkpoint_path)["instance_prompt"],
                                        decode_literal(self.cfg.prompt_processor.prompt))
 
     def translation_prompts(self, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor) -> List[str]:
-        prompt = self.subject_prompt()
-        if not self.cfg.view_dependent_translation:
-            return [prompt] * len(elevation_deg)
-        return self.view_prompts.prompts(prompt, elevation_deg, azimuth_deg)
+        views = self.view_prompts if self.cfg.view_dependent_translation else None
+        return translation.translation_prompts(self.subject_prompt(), elevation_deg, azimuth_deg, views)
 
     def write_pseudo_views(self, renders: List[Dict[str, torch.Tensor]]):
         """Translate the collected renders (one batched img2img pass) and write the set."""
