@@ -31,11 +31,13 @@ import common  # noqa: E402
 def import_threestudio(device: torch.device):
     """threestudio with our adapters registered; CPU mode only on a CPU run."""
     from threestudio_dreambooth3d.cpu import compat as cpu_compat
+    from threestudio_dreambooth3d.environment.threestudio_root import locate_threestudio
+    from threestudio_dreambooth3d.errors import ThreestudioNotFoundError
 
-    root = cpu_compat.find_threestudio_root()
-    if root is None:
-        sys.exit("threestudio not found: set THREESTUDIO_ROOT to a threestudio checkout (the folder holding "
-                 "launch.py) or pip install threestudio.")
+    try:
+        root = locate_threestudio(need_launch=False)
+    except ThreestudioNotFoundError as e:
+        sys.exit(str(e))
     cpu_compat.enable(root, cpu=device.type != "cuda")
     import threestudio
 

@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     args.warmup = (0 if args.dry_run else 5) if args.warmup is None else args.warmup
     if not args.dry_run and not torch.cuda.is_available():
         p.error("no CUDA GPU visible: run with --dry-run for the CPU path")
-    from threestudio_dreambooth3d.cpu.compat import find_threestudio_root
+    from threestudio_dreambooth3d.environment.threestudio_root import find_threestudio_root
 
     threestudio_root = find_threestudio_root()
     if not args.dry_run and threestudio_root is None:

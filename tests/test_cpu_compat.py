@@ -53,25 +53,31 @@ def test_stand_ins_replace_only_missing_modules_and_explain_themselves():
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
-def test_threestudio_root_lookup_and_missing_threestudio(tmp_path):
+def test_a_wrong_threestudio_root_is_named_not_skipped(tmp_path):
+    """enable() finds threestudio with the one locator: a THREESTUDIO_ROOT that is not a checkout
+    is an error naming it, even when another threestudio is importable."""
     import os
 
     fake = tmp_path / "ts"
     (fake / "threestudio").mkdir(parents=True)
     (fake / "threestudio" / "__init__.py").write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "THREESTUDIO_ROOT"}
+    env = {**os.environ, "THREESTUDIO_ROOT": str(tmp_path / "not-a-checkout")}
     r = run(f"""
-        import importlib.util
         from threestudio_dreambooth3d.cpu import compat as cpu_compat
-        assert cpu_compat.find_threestudio_root({str(fake)!r}) == __import__("pathlib").Path({str(fake)!r}).resolve()
-        assert cpu_compat.find_threestudio_root({str(tmp_path)!r}) is None or importlib.util.find_spec("threestudio")
-        if importlib.util.find_spec("threestudio") is None:
-            try:
-                cpu_compat.enable()
-            except ImportError as e:
-                assert "THREESTUDIO_ROOT" in str(e), e
-            else:
-                raise SystemExit("no error")
+        from threestudio_dreambooth3d.errors import ThreestudioNotFoundError
+        try:
+            cpu_compat.enable()
+        except ThreestudioNotFoundError as e:
+            assert "THREESTUDIO_ROOT=" in str(e) and "not-a-checkout is not a threestudio checkout" in str(e), e
+            assert isinstance(e, ImportError)
+        else:
+            raise SystemExit("no error")
+        try:
+            cpu_compat.enable({str(tmp_path)!r})
+        except ThreestudioNotFoundError as e:
+            assert "--threestudio-root=" in str(e), e
+        else:
+            raise SystemExit("no error for a folder without threestudio")
         print("ok")
     """, env=env)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

@@ -19,14 +19,14 @@ CONFIGS = REPO / "configs"
 
 def _setup_threestudio():
     """(threestudio module, None) or (None, why it is unavailable)."""
-    try:
-        from threestudio_dreambooth3d.cpu import compat as cpu_compat
-    except ImportError as e:  # pragma: no cover - the package is installed for every test run
-        return None, f"threestudio_dreambooth3d not importable: {e}"
-    root = cpu_compat.find_threestudio_root()
-    if root is None:
-        return None, ("threestudio not found: set THREESTUDIO_ROOT to a threestudio checkout "
-                      "(the folder holding launch.py) or pip install threestudio")
+    from threestudio_dreambooth3d.cpu import compat as cpu_compat
+    from threestudio_dreambooth3d.environment.threestudio_root import locate_threestudio
+    from threestudio_dreambooth3d.errors import ThreestudioNotFoundError
+
+    try:  # a wrong THREESTUDIO_ROOT is named, never silently replaced by an installed threestudio
+        root = locate_threestudio(need_launch=False)
+    except ThreestudioNotFoundError as e:
+        return None, str(e)
     try:
         cpu_compat.enable(root)
         import threestudio

@@ -32,7 +32,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import List, Optional, Union
 
 import torch
 
+from ..environment.threestudio_root import locate_threestudio
 from .standin import StandIn, StandInFinder, importable
 
 log = logging.getLogger(__name__)
@@ -189,28 +189,17 @@ def patch_lightning_trainer() -> None:
     pl.Trainer = CPUTrainer
 
 
-def find_threestudio_root(root: Optional[Union[str, Path]] = None) -> Optional[Path]:
-    """The folder holding the ``threestudio`` package (a checkout also has launch.py there):
-    ``root``, else $THREESTUDIO_ROOT, else the installed package's parent; None if none."""
-    candidates = [root, os.environ.get("THREESTUDIO_ROOT")]
-    spec = importlib.util.find_spec("threestudio") if root is None else None
-    if spec is not None and spec.origin:
-        candidates.append(Path(spec.origin).resolve().parents[1])
-    for c in candidates:
-        if c and (Path(c) / "threestudio" / "__init__.py").is_file():
-            return Path(c).resolve()
-    return None
-
-
 def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bool] = None,
            register_adapters: bool = True) -> None:
     """Make threestudio importable and runnable here, import it, register our adapters.
 
-    ``threestudio_root`` (or $THREESTUDIO_ROOT) is put on ``sys.path`` when threestudio
-    is not an installed package. Missing CUDA extensions get stand-ins on any machine;
-    ``cpu`` (default: no GPU visible) adds the CPU patches. Raises ImportError if
-    threestudio cannot be found. ``register_adapters=False`` leaves registration to launch.py's
-    loading of ``custom/`` (a test of that path).
+    ``threestudio_root`` (or $THREESTUDIO_ROOT, else the installed package: the one locator,
+    :func:`~..environment.threestudio_root.locate_threestudio`) is put on ``sys.path`` when
+    threestudio is not an installed package. Missing CUDA extensions get stand-ins on any
+    machine; ``cpu`` (default: no GPU visible) adds the CPU patches. Raises
+    :class:`ThreestudioNotFoundError` (an ImportError) naming the fix when threestudio is not
+    found or a given folder is not a threestudio checkout. ``register_adapters=False`` leaves
+    registration to launch.py's loading of ``custom/`` (a test of that path).
     """
     global _ENABLED
     if _ENABLED:
@@ -220,12 +209,7 @@ def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bo
     cpu = not torch.cuda.is_available() if cpu is None else cpu
     if cpu and torch.cuda.is_available():
         log.warning("threestudio in CPU mode on a machine with a GPU: it will run on the CPU")
-    root = find_threestudio_root(threestudio_root)
-    if root is None:
-        raise ImportError(
-            "threestudio not found: pip install it or set THREESTUDIO_ROOT to a threestudio checkout "
-            "(the folder with launch.py)."
-        )
+    root = locate_threestudio(threestudio_root, need_launch=False, explicit_flag="--threestudio-root")
     if str(root) not in sys.path and importlib.util.find_spec("threestudio") is None:
         sys.path.insert(0, str(root))
     stand_ins = install_stand_ins()
@@ -301,7 +285,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     enable(root)
     script = Path(argv[0])
     if not script.is_file():
-        script = find_threestudio_root(root) / script.name
+        script = locate_threestudio(root, need_launch=True, explicit_flag="--threestudio-root") / script.name
     sys.argv = [str(script)] + argv[1:]
     runpy.run_path(str(script), run_name="__main__")
 

@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Dict, List, Optional
 
 # tqdm's default layout, "{desc}: {percentage}%|{bar}| {n}/{total} [{elapsed}<{remaining}, ...]";
@@ -110,6 +111,14 @@ def failure_lines(text: str, limit: int = 12) -> List[str]:
     where = [line for line in body[max(last, 0):exc] if line.strip(" ^~")][:2] if frames else []
     message = _without_warnings(body[exc:])
     return (where + message)[: max(limit, len(where) + 1)]
+
+
+def log_tail(path: Path, start: int = 0, size: int = 1 << 19) -> str:
+    """The last ``size`` bytes of a log after offset ``start`` (where the failed command's output
+    begins), for :func:`failure_lines`: a traceback sits at the end, and a log can be gigabytes."""
+    with open(path, "rb") as f:
+        f.seek(max(start, f.seek(0, os.SEEK_END) - size))
+        return f.read().decode(errors="replace")
 
 
 class StepBar:

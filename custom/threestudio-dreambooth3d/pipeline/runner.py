@@ -25,7 +25,7 @@ from ..formats import format_duration
 from ..fs import content_fingerprint, raise_if_disk_full
 from ..log_routing import warnings_to_log
 from .commands import Command
-from .console import Console, failure_lines
+from .console import Console, failure_lines, log_tail
 from .context import RunContext
 from .manifest import DONE, FAILED, RUNNING, Manifest, fingerprint
 from .steps import STEPS, Step, step_name
@@ -76,7 +76,7 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
             if bar is not None:
                 bar.close()
     if code != 0:
-        text = _tail(log_path, start=header)
+        text = log_tail(log_path, start=header)
         if _DISK_FULL.search(text):
             raise DiskFullError(f"No space left on the disk while running {cmd.log_name} (see {log_path}). "
                                 "Free some space and rerun the same command: finished steps are kept.")
@@ -123,14 +123,6 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             continue
     proc.wait()
-
-
-def _tail(path: Path, start: int, size: int = 1 << 19) -> str:
-    """The last ``size`` bytes of a log after ``start`` (the command line we wrote at its top):
-    a traceback sits at the end, and a log can be gigabytes."""
-    with open(path, "rb") as f:
-        f.seek(max(start, f.seek(0, os.SEEK_END) - size))
-        return f.read().decode(errors="replace")
 
 
 class Runner:

@@ -13,28 +13,17 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..formats import now_iso
 from ..fs import atomic_write_text
+from ..pipeline.console import failure_lines, log_tail
 from .plan import DONE, FAILED, RUNNING, Cell
-
-TAIL_LINES = 12
-
 
 def write_record(cell: Cell, record: Dict[str, Any]) -> Dict[str, Any]:
     path = cell.record_path
     atomic_write_text(path, json.dumps(record, indent=2))  # a reader (the progress line) never sees half a file
     return record
-
-
-def _tail(path: Path, n: int = TAIL_LINES) -> str:
-    try:
-        text = path.read_bytes()[-16384:].decode(errors="replace").replace("\r", "\n")
-    except OSError:
-        return ""
-    return "\n".join([line for line in text.splitlines() if line.strip()][-n:])
 
 
 def run_cell(cell: Cell, gpu: Optional[str] = None) -> Dict[str, Any]:
@@ -67,6 +56,7 @@ def _run_cell(cell: Cell, gpu: Optional[str]) -> Dict[str, Any]:
         for name, argv in (("run", cell.run_argv), ("eval", cell.eval_argv)):
             log.write(f"\n$ {' '.join(argv)}\n".encode())
             log.flush()
+            start = log.tell()
             try:
                 code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cell.out).returncode
             except OSError as e:  # the interpreter is gone, the folder is unwritable...
@@ -76,7 +66,8 @@ def _run_cell(cell: Cell, gpu: Optional[str]) -> Dict[str, Any]:
                 log.flush()
                 return write_record(cell, {
                     **base, "status": FAILED, "finished_at": now_iso(), "elapsed_s": round(time.monotonic() - t0, 2),
-                    "error": f"dreambooth3d {name} exited with code {code}; last lines:\n{_tail(cell.log_path)}",
+                    "error": f"dreambooth3d {name} exited with code {code}:\n"
+                             + "\n".join(failure_lines(log_tail(cell.log_path, start))),
                 })
     return write_record(cell, {**base, "status": DONE, "finished_at": now_iso(),
                                "elapsed_s": round(time.monotonic() - t0, 2), "eval_json": str(cell.eval_json)})
