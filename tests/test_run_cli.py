@@ -80,11 +80,8 @@ def test_ctrl_c_prints_one_line_naming_the_step_and_exits_130(make_ctx, capsys):
     assert mf.Manifest(ctx.out).get("stage1").status == mf.RUNNING  # so the rerun resumes it
 
 
-def test_run_method_flag_offers_the_three_methods_and_checks_their_configs(fake_threestudio, configs, subject, tmp_path,
-                                                                           capsys):
-    from threestudio_dreambooth3d.cli.sweep import run_methods
-
-    assert run_methods() == ["dreambooth3d", "dreamboothfusion", "latentnerf"]
+def test_run_method_flag_runs_only_the_baselines_steps_and_checks_its_config(fake_threestudio, configs, subject, tmp_path,
+                                                                              capsys):
     argv = ["run", "--subject", str(subject), "--class-noun", "dog", "--prompt", PROMPT, "--model", "/models/tiny-sd",
             "--out", str(tmp_path / "out"), "--threestudio", str(fake_threestudio), "--configs", str(configs),
             "--dry-run", "--preset", "smoke", "--method", "dreamboothfusion"]

@@ -111,3 +111,18 @@ def test_export_of_a_latentnerf_reads_its_texture_through_the_latent_to_rgb_mate
     assert not any(d.startswith("resume=") for d in dotlist)  # strict resume would miss the adapter's weights
     plain = [s for s in steps_for("dreamboothfusion") if s.name == "export"][0].dotlist(make_ctx(method="dreamboothfusion"))
     assert not any("material_type" in d for d in plain) and any(d.startswith("resume=") for d in plain)
+
+
+def test_smoke_baselines_render_at_their_tested_size(make_ctx):
+    """Latent-NeRF trains on latents: the smoke run renders them at the tiny SD's latent size (16 px,
+    what the threestudio tier tests), DreamFusion's RGB baseline at stage 1's 32 px."""
+    def baseline_args(method, **kw):
+        ctx = make_ctx(method=method, **kw)
+        return dotlist_of(get_step("baseline", method).command(ctx))
+
+    latent = baseline_args("latentnerf")
+    assert (latent.data.width, latent.data.height, latent.data.eval_width) == (16, 16, 32)
+    assert latent.trainer.max_steps == 2
+    assert (baseline_args("dreamboothfusion").data.width, baseline_args("dreamboothfusion").data.height) == (32, 32)
+    # the user's --set still wins
+    assert baseline_args("latentnerf", overrides={"baseline": ["data.width=24"]}).data.width == 24

@@ -22,17 +22,20 @@ from fakes import finish_cell, plan_sweep, sweep_subjects
 
 def test_local_executor_runs_one_cell_per_gpu_and_a_failure_does_not_stop_the_rest(tmp_path):
     cells = plan_sweep(tmp_path)
-    lock, active, seen = threading.Lock(), [0], {"max": 0, "gpus": {}}
+    lock, active, seen = threading.Lock(), [0], {"max": 0, "gpus": {}, "in_use": set(), "shared": []}
 
     def fake(cell, gpu):
         with lock:
             active[0] += 1
             seen["max"] = max(seen["max"], active[0])
-            assert gpu not in seen["gpus"].values() or True
+            if gpu in seen["in_use"]:
+                seen["shared"].append(gpu)  # a GPU given to two running cells at once
+            seen["in_use"].add(gpu)
             seen["gpus"][cell.key] = gpu
         time.sleep(0.05)
         with lock:
             active[0] -= 1
+            seen["in_use"].discard(gpu)
         if cell.subject == "bear" and cell.method == "latentnerf":
             return write_record(cell, {"key": cell.key, "status": FAILED, "fingerprint": cell.fingerprint,
                                        "log": str(cell.log_path), "error": "boom", "elapsed_s": 1.0})
@@ -43,7 +46,7 @@ def test_local_executor_runs_one_cell_per_gpu_and_a_failure_does_not_stop_the_re
     stream = io.StringIO()
     progress = Progress(tmp_path / "sweep", len(cells), 0, 2, stream=stream)
     records = run_cells(cells, LocalGPUExecutor(["3", "5"]), fake, progress=progress, poll_s=0.01)
-    assert seen["max"] == 2 and set(seen["gpus"].values()) == {"3", "5"}
+    assert seen["max"] == 2 and set(seen["gpus"].values()) == {"3", "5"} and seen["shared"] == []
     statuses = {k: r["status"] for k, r in records.items()}
     assert list(statuses.values()).count(FAILED) == 3 and list(statuses.values()).count(DONE) == 5
     crashed = records["dog/a-sks-dog-in-the-snow/latentnerf"]

@@ -38,11 +38,6 @@ def test_cell_commands_are_run_and_eval_of_one_folder(tmp_path):
     assert prompt_file == (tmp_path / "sweep" / "prompts" / "bear.txt").resolve()
     assert Path(bear.out).relative_to((tmp_path / "sweep").resolve()).parts == ("cells", "bear", "a-sks-stuffed-animal",
                                                                                "latentnerf")
-    # a `run` without --method (before the baselines exist) gets no --method
-    opts = SweepOptions(out=tmp_path / "s")
-    c = plan_cells(opts, sweep_subjects(tmp_path)[:1], {"dog": ["a {identifier} {class}"]}, ["dreambooth3d"], {},
-                   method_flag=False)[0]
-    assert "--method" not in c.run_argv
 
 
 def test_prompt_sets_are_written_per_subject_and_part_of_every_cells_inputs(tmp_path):

@@ -217,7 +217,7 @@ def test_stage3_reconstruction_is_weighted_by_the_dilated_pseudo_view_mask(three
     system.cfg.rec_mask_dilation = 2  # grown by two: the differing ring counts, the rest of the background not
     ring = 7 * 7 - 5 * 5
     assert system.reconstruction_losses(pseudo)["loss_rec"].item() == pytest.approx(ring / 49, rel=1e-5)
-    system.cfg.rec_mask_weighting = False  # every pixel, as before
+    system.cfg.rec_mask_weighting = False  # every pixel
     assert system.reconstruction_losses(pseudo)["loss_rec"].item() == pytest.approx((64 - 25) / 64, rel=1e-5)
     del pseudo["mask"]
     system.cfg.rec_mask_weighting = True

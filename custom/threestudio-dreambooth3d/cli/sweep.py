@@ -13,7 +13,6 @@ from ..errors import ConfigError, EvalInputError, MachineError
 from ..pipeline.presets import PRESETS
 
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
-DEFAULT_METHOD = "dreambooth3d"
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -78,20 +77,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run_methods() -> Optional[List[str]]:
-    """The methods ``dreambooth3d run --method`` offers, or None when this install's run has no --method."""
-    from . import run as run_cli
+def resolve_methods(requested: Optional[List[str]]) -> List[str]:
+    from ..pipeline.context import METHODS
 
-    sub = argparse.ArgumentParser().add_subparsers()
-    parser = run_cli.add_parser(sub)
-    for action in parser._actions:
-        if "--method" in action.option_strings:
-            return list(action.choices or [])
-    return None
-
-
-def resolve_methods(requested: Optional[List[str]], offered: Optional[List[str]]) -> List[str]:
-    available = offered if offered is not None else [DEFAULT_METHOD]
+    available = list(METHODS)
     methods = list(dict.fromkeys(requested or available))
     unknown = [m for m in methods if m not in available]
     if unknown:
@@ -204,14 +193,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("pass the subjects: --dataset DIR (DreamBooth layout) or --subject FOLDER:CLASS ...")
     subjects, prompts = _subjects_and_prompts(args)
     photos = {s.name: sha256_files(list_subject_images(s.folder)) for s in subjects}
-    offered = run_methods()
-    methods = resolve_methods(args.methods, offered)
+    methods = resolve_methods(args.methods)
     preset = get_preset(args.preset)
     opts = SweepOptions(out=out, preset=args.preset, model=args.model, identifier=args.identifier, seed=args.seed,
                         threestudio=str(ensure_threestudio(args.threestudio, fetch=not args.dry_run)), configs=str(locate_configs(args.configs)),
                         overrides=list(args.overrides), clip_models=args.clip_models, dino_model=args.dino_model,
                         distractors=str(Path(args.distractors).resolve()) if args.distractors else None)
-    cells = plan_cells(opts, subjects, prompts, methods, photos, method_flag=offered is not None)
+    cells = plan_cells(opts, subjects, prompts, methods, photos)
     eval_problem = check_eval_models(args, subjects)
     todo = [c for c in cells if not is_finished(c)]
     n_prompts = sum(len(v) for v in prompts.values())

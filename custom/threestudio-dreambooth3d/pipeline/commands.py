@@ -35,7 +35,7 @@ KEYS = {
     "prompt": "system.prompt_processor.prompt",
     "pseudo_views_out": "system.pseudo_views_dir",  # stage 2 writes the pseudo-view set here
     # stage 2 captions/translation prompts: the subject ("a sks dog, back view"), not the
-    # scene prompt, so the multi-view DreamBooth learns the subject's views (DESIGN.md)
+    # scene prompt, so the multi-view DreamBooth learns the subject's views
     "translation_prompt": "system.translation_prompt",
     "pseudo_views_in": "data.pseudo_views_dir",  # stage 3 reads it
     "init_weights": "system.weights",  # stage 3 starts from the stage-1 NeRF

@@ -27,13 +27,15 @@ from .presets import Preset
 from ..errors import ConfigError
 from ..formats import slug
 
+# fixed threestudio tag with use_timestamp=false: trial folders at a known place
 TRIAL_TAG = "run"
+# checkpoints of the first finetune the multi-view one may continue
 MULTIVIEW_INITS = ("partial", "full")
 # `dreambooth3d run --method`: DreamBooth3D's three stages, or one of the paper's baselines (a single
 # NeRF step, "baseline", on the fully trained DreamBooth with that method's config)
 METHODS = ("dreambooth3d", "dreamboothfusion", "latentnerf")
 BASELINE_CONFIGS = {"dreamboothfusion": "dreamboothfusion-baseline.yaml",
-                    "latentnerf": "latentnerf-dreambooth-baseline.yaml"}  # checkpoints of the first finetune the multi-view one may continue  # fixed threestudio tag with use_timestamp=false: trial folders at a known place
+                    "latentnerf": "latentnerf-dreambooth-baseline.yaml"}
 
 
 def round_step(base: str, round: int) -> str:

@@ -133,10 +133,6 @@ class Manifest:
         rec.status, rec.error, rec.commands, rec.elapsed_s = FAILED, error, list(commands), round(elapsed_s, 2)
         self.save()
 
-    def forget(self, name: str) -> None:
-        if self.steps.pop(name, None) is not None:
-            self.save()
-
     def put(self, rec: StepRecord) -> None:
         """Put a record back as it was (a failed redo restored the step's previous results)."""
         self.steps[rec.name] = rec

@@ -1,6 +1,6 @@
 """Named settings for ``dreambooth3d run --preset``: the real run and the CPU smoke run.
 
-``default`` is the paper-scale run on a GPU with DESIGN.md's starting defaults (DreamBooth
+``default`` is the paper-scale run on a GPU with our starting defaults, to be tuned on a GPU (DreamBooth
 800 steps with the "partial" checkpoint at 200, 10k SDS steps per NeRF stage). Stage
 hyperparameters live in the threestudio configs, as a threestudio user expects; a preset
 only picks the configs and adds dotlist overrides.
@@ -71,8 +71,9 @@ PRESETS: Dict[str, Preset] = {
         multiview_steps=2,
         num_class_images=2,
         configs=dict(STAGE_CONFIGS),
-        # the real configs, scaled down (render size, steps, views, isosurface grid, texture)
-        overrides={step: smoke.overrides(step) for step in ("stage1", "stage2", "stage3", "export")},
+        # the real configs, scaled down (render size, steps, views, isosurface grid, texture); the
+        # Latent-NeRF baseline's renders at its latent size
+        overrides={key: smoke.overrides(key) for key in ("stage1", "stage2", "stage3", "export", "latentnerf")},
     ),
 }
 

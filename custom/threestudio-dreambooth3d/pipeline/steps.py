@@ -205,7 +205,7 @@ class Stage2(ThreestudioStage):
     """Pseudo views: renders of the stage-1 NeRF (round 1) or of the previous round's stage-3
     NeRF (``run --rounds``), translated by the fully trained DreamBooth model."""
 
-    mode = "--test"  # from a NeRF checkpoint, translating orbit renders with the full model
+    mode = "--test"  # from a NeRF checkpoint, translating renders from random viewpoints with the full model
 
     def __init__(self, round: int = 1) -> None:
         _in_round(self, "stage2", round, "stage 2: pseudo multi-view images (NeRF renders translated by the full model)")
@@ -297,9 +297,11 @@ class Baseline(NerfStage):
         return super().dotlist(ctx) + [dot(KEYS["checkpoint"], ctx.checkpoint("full"))]
 
     def overrides(self, ctx):
-        # a baseline NeRF is scaled like stage 1 by a preset that has no baseline entry
+        # the preset's entry for the method (Latent-NeRF renders latents at its own size), else for
+        # any baseline, else stage 1's: a baseline NeRF is scaled like stage 1
         p = ctx.preset
-        return list(p.overrides.get(self.name, p.overrides.get("stage1", []))) + list(ctx.overrides.get(self.name, []))
+        preset = p.overrides.get(ctx.method, p.overrides.get(self.name, p.overrides.get("stage1", [])))
+        return list(preset) + list(ctx.overrides.get(self.name, []))
 
 
 class Export(ThreestudioStage):

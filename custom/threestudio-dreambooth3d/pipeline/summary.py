@@ -262,11 +262,6 @@ def render_html(page: Page) -> str:
     return "\n".join(lines + ["</body></html>"])
 
 
-def eval_section_html(results: Optional[Dict[str, Any]]) -> str:
-    """The evaluation part of summary.html (markers included): the metrics of eval.json, or how to get them."""
-    return _html_section(Section(EVAL_TITLE, Evaluation(results)))
-
-
 def _replace_between_markers(path: Path, new: str) -> bool:
     if not path.is_file():
         return False

@@ -104,13 +104,10 @@ def cell_dir(out: Path, subject: str, prompt: str, method: str) -> Path:
     return Path(out).resolve() / "cells" / subject / slug(prompt) / method
 
 
-def run_argv(opts: SweepOptions, subject: Subject, prompt: str, method: str, seed: int, out: Path,
-             method_flag: bool = True) -> List[str]:
+def run_argv(opts: SweepOptions, subject: Subject, prompt: str, method: str, seed: int, out: Path) -> List[str]:
     argv = [opts.python, *CLI, "run", "--subject", str(subject.folder), "--class-noun", subject.class_noun,
             "--prompt", prompt, "--identifier", opts.identifier, "--out", str(out), "--seed", str(seed),
-            "--preset", opts.preset]
-    if method_flag:
-        argv += ["--method", method]
+            "--preset", opts.preset, "--method", method]
     argv += ["--model", opts.model] if opts.model else []
     argv += ["--threestudio", str(opts.threestudio)] if opts.threestudio else []
     argv += ["--configs", str(opts.configs)] if opts.configs else []
@@ -159,7 +156,7 @@ def _fingerprint(run: List[str], evaluation: List[str], photos_sha256: str, prom
 
 
 def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[str, List[str]],
-               methods: Sequence[str], photos_sha256: Dict[str, str], method_flag: bool = True) -> List[Cell]:
+               methods: Sequence[str], photos_sha256: Dict[str, str]) -> List[Cell]:
     """Every cell, subject-major (``prompts[subject.name]`` are that subject's templates)."""
     cells = []
     for s in subjects:
@@ -169,7 +166,7 @@ def plan_cells(opts: SweepOptions, subjects: Sequence[Subject], prompts: Dict[st
             for method in methods:
                 seed = cell_seed(opts.seed, s.name, prompt, method)
                 out = cell_dir(opts.out, s.name, prompt, method)
-                r = run_argv(opts, s, prompt, method, seed, out, method_flag)
+                r = run_argv(opts, s, prompt, method, seed, out)
                 e = eval_argv(opts, s, prompt, out)
                 cells.append(Cell(s.name, str(s.folder), s.class_noun, template, prompt, method, seed, str(out),
                                   r, e, _fingerprint(r, e, photos_sha256.get(s.name, ""), prompt_set)))
