@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from threestudio_dreambooth3d.core import checkpoints
+from threestudio_dreambooth3d.core import checkpoints, lora
 from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, DreamBoothTrainer
 from threestudio_dreambooth3d.core.sampling import generate_images
 from threestudio_dreambooth3d.core.sd_models import load_sd_components
@@ -61,8 +61,13 @@ def test_one_run_writes_named_checkpoints_at_their_steps(personalised):
 
 
 def test_reloaded_checkpoint_reproduces_in_memory_model(tiny_sd_path, subject_dir, tmp_path):
-    trainer = DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, tmp_path, train_text_encoder=True))
+    # alpha 16 on rank 4: the adapters' delta is scaled by 4, which the reload must keep
+    trainer = DreamBoothTrainer(make_cfg(tiny_sd_path, subject_dir, tmp_path, train_text_encoder=True, lora_alpha=16))
     trainer.train()
+    meta = checkpoints.read_meta(tmp_path / "checkpoints" / "full")
+    assert (meta["lora_rank"], meta["lora_alpha"]) == (4, 16)
+    unmerged = load_sd_components(tiny_sd_path, checkpoint=tmp_path / "checkpoints" / "full", merge_lora=False)
+    assert lora.lora_shape(unmerged.unet) == lora.lora_shape(trainer.components.unet) == (4, 16)
     torch.manual_seed(0)
     x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
     ids = trainer.components.tokenize(["a sks dog", "a dog"])
@@ -76,6 +81,23 @@ def test_reloaded_checkpoint_reproduces_in_memory_model(tiny_sd_path, subject_di
     assert torch.allclose(mem_emb, disk_emb, atol=1e-5)
     assert torch.allclose(mem_out, disk_out, atol=1e-4)
     assert not torch.allclose(mem_out, base_out, atol=1e-4)  # the checkpoint really changed the model
+
+
+def test_each_named_checkpoint_holds_the_weights_after_its_step(tiny_sd_path, subject_dir, tmp_path):
+    cfg = make_cfg(tiny_sd_path, subject_dir, tmp_path, prior_preservation=False, max_steps=3,
+                   checkpoint_steps={"partial": 2, "full": 3})
+    trainer = DreamBoothTrainer(cfg)
+    after = {}  # step -> the adapters once that step's update is applied (copies: on a CPU they alias the weights)
+
+    def keep(step, losses):
+        after[step] = {k: v.clone() for k, v in lora.lora_state_dict(trainer.components.unet).items()}
+
+    trainer.train(on_step=keep)
+    assert any(not torch.equal(after[1][k], after[2][k]) for k in after[1])  # step 2 changed the weights
+    for name, step in (("partial", 2), ("full", 3)):
+        saved = load_file(str(tmp_path / "checkpoints" / name / "unet.safetensors"))
+        assert saved.keys() == after[step].keys()
+        assert all(torch.equal(saved[k], after[step][k]) for k in saved), name
 
 
 def test_full_unet_mode_checkpoint_round_trip(tiny_sd_path, subject_dir, tmp_path):
