@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from threestudio_dreambooth3d.cli.sweep import run_methods
+from threestudio_dreambooth3d.pipeline.context import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA_CONTEXT = "system.exporter.context_type=cuda"
@@ -24,7 +24,7 @@ def run_argv(tmp_path, subject_dir):
             "--out", str(tmp_path / "out"), "--threestudio", str(threestudio), "--configs", str(configs), "--dry-run"]
 
 
-@pytest.mark.parametrize("method", run_methods())
+@pytest.mark.parametrize("method", METHODS)
 def test_default_preset_dry_run_exports_with_the_cuda_context(method, run_argv, capsys):
     from threestudio_dreambooth3d.cli import main
 

@@ -17,13 +17,9 @@ from typing import Any, Dict, Optional
 import threestudio
 
 from ..core import cameras
+from ..core.view_batches import CameraDataset
 from ..errors import ConfigError
-from .pseudo_multiview import (
-    OrbitDataset,
-    PseudoMultiviewDataModule,
-    PseudoMultiviewDataModuleConfig,
-    PseudoMultiviewIterableDataset,
-)
+from .pseudo_multiview import PseudoMultiviewDataModule, PseudoMultiviewDataModuleConfig, PseudoMultiviewIterableDataset
 
 
 @dataclass
@@ -67,6 +63,6 @@ class MultiviewCameraDataModule(PseudoMultiviewDataModule):
         if stage in [None, "fit"]:
             self.train_dataset = MultiviewCameraIterableDataset(self.cfg, self.load_pseudo_views())
         if stage in [None, "fit", "validate"]:
-            self.val_dataset = OrbitDataset(self.cfg, "val")
+            self.val_dataset = CameraDataset(self.cfg, "val")
         if stage in [None, "test", "predict"]:
-            self.test_dataset = OrbitDataset(self.cfg, "test")
+            self.test_dataset = CameraDataset(self.cfg, "test")

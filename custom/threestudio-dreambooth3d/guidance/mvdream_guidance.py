@@ -24,8 +24,8 @@ from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.base import BaseObject
 
 from ..core import mvsds
+from ..core.checkpoints import resolve_checkpoint
 from ..errors import ConfigError
-from .dreambooth_sds_guidance import resolve_checkpoint
 
 CAMERA_CONDITIONS = ("rotation",)
 
@@ -58,7 +58,7 @@ class DreamBoothMVDreamGuidance(BaseObject):
 
     def configure(self) -> None:
         from ..core.mvdream import is_mvdream_folder
-        from ..core.sd_models import DENOISING_PARTS, load_sd_components
+        from ..core.sd_models import DENOISING_PARTS, load_sd_components, weights_dtype
 
         if self.cfg.camera_condition_type not in CAMERA_CONDITIONS:
             raise ConfigError(f"system.guidance.camera_condition_type={self.cfg.camera_condition_type!r}: "
@@ -70,9 +70,7 @@ class DreamBoothMVDreamGuidance(BaseObject):
                 "`dreambooth3d convert-mvdream CKPT --base SD21_FOLDER --out FOLDER` and point at FOLDER"
             )
         self.checkpoint_path = resolve_checkpoint(self.cfg.checkpoint, self.cfg.checkpoint_name)
-        self.weights_dtype = (
-            torch.float16 if self.cfg.half_precision_weights and self.device.type == "cuda" else torch.float32
-        )
+        self.weights_dtype = weights_dtype(self.cfg.half_precision_weights, self.device)
         threestudio.info(f"Loading MVDream {self.cfg.pretrained_model_name_or_path} + {self.checkpoint_path} ...")
         # no text encoder: the prompt processor embeds
         self.components = load_sd_components(self.cfg.pretrained_model_name_or_path, checkpoint=self.checkpoint_path,
