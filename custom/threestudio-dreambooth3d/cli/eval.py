@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import List, Optional
 
 from ..evaluation import DEFAULT_CLIP_MODELS
 from ..evaluation import DEFAULT_DINO_MODEL
