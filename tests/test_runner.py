@@ -262,3 +262,11 @@ def test_a_successful_redo_leaves_nothing_aside(make_ctx):
     Runner(ctx, executor=FakeExecutor()).run(start_from="stage3")
     assert not (ctx.out / ".previous").exists()
     assert [d.reason for d in Runner(ctx, executor=FakeExecutor()).plan()] == ["done, inputs unchanged"] * 7
+
+
+def test_eval_editing_the_summary_page_is_not_damage(make_ctx):
+    ctx = make_ctx()
+    Runner(ctx, executor=FakeExecutor()).run()
+    page = ctx.out / "summary.html"
+    page.write_text(page.read_text() + "<!-- scores added by dreambooth3d eval -->")
+    assert [d.reason for d in Runner(ctx, executor=FakeExecutor()).plan()] == ["done, inputs unchanged"] * 7

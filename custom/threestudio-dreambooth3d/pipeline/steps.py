@@ -53,6 +53,8 @@ class Step:
     # an interrupted run may continue from its own saved state instead of starting over
     resumable: bool = False
     needs_threestudio: bool = False
+    # outputs fingerprinted when the step finishes and checked before it is skipped
+    check_outputs: bool = True
 
     def command(self, ctx: RunContext) -> Optional[Command]:
         return None
@@ -351,6 +353,7 @@ class Export(ThreestudioStage):
 
 class Summary(Step):
     name, title = "summary", "summary page"
+    check_outputs = False  # `dreambooth3d eval --run OUT` edits summary.html in place
     upstream = ("finetune", "stage1", "stage2", "multiview_finetune", "stage3", "export")
 
     def __init__(self, upstream: Optional[Tuple[str, ...]] = None) -> None:
