@@ -25,6 +25,7 @@ for src in (os.environ.get("MVDREAM_SRC"), "/work/ext/MVDream"):
 openaimodel = pytest.importorskip("mvdream.ldm.modules.diffusionmodules.openaimodel",
                                   reason="original MVDream code not importable (set MVDREAM_SRC)")
 camera_utils = pytest.importorskip("mvdream.camera_utils")
+pytestmark = pytest.mark.slow  # builds and runs the original model: seconds per test
 
 REL_TOL = 1e-4
 

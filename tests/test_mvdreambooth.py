@@ -99,6 +99,7 @@ def test_parameter_preservation_measures_the_weight_change(tiny_mvdream_path):
     torch.testing.assert_close(parameter_deviation({"m": w}, start, "l1"), torch.tensor(0.5 * 6 / 8))
 
 
+@pytest.mark.slow
 def test_parameter_preservation_holds_the_adapters_back(tiny_mvdream_path, subject_dir, tmp_path):
     moved = {}
     for weight in (0.0, 1e3):
@@ -118,6 +119,7 @@ def test_full_mode_measures_the_change_since_the_start(tiny_mvdream_path, subjec
     assert history[0]["param_loss"] == 0.0 < history[1]["param_loss"]
 
 
+@pytest.mark.slow
 def test_finetune_cli_with_mvdream(tiny_mvdream_path, tiny_sd_path, subject_dir, tmp_path, capsys):
     from threestudio_dreambooth3d import cli
 
