@@ -5,6 +5,7 @@ import types
 import pytest
 import torch
 
+from threestudio_dreambooth3d.core import train_memory as mem
 from threestudio_dreambooth3d.core import train_options as opts
 from threestudio_dreambooth3d.core.dreambooth import DreamBoothConfig, DreamBoothTrainer
 from threestudio_dreambooth3d.errors import ConfigError, MissingDependencyError
@@ -142,35 +143,6 @@ def test_a_short_run_writes_one_state_at_the_end(tiny_sd_path, subject_dir, tmp_
     monkeypatch.setattr(t, "_save_state", lambda step, *a: written.append(step))
     t.train()
     assert written == [3]  # not at each named checkpoint nor every N steps: 10 minutes had not passed
-
-
-# -- what it costs ------------------------------------------------------------------------------
-
-def test_sd21_full_finetune_state_is_about_10_gib_and_8bit_adam_shrinks_it():
-    gib = 2**30
-    full = opts.training_bytes(opts.SD21_BASE_PARAMS, "full", False, amp=True, use_8bit_adam=False)
-    assert full.state_file / gib == pytest.approx(9.68, abs=0.01)  # 866M fp32 params + 2 fp32 moments
-    full8 = opts.training_bytes(opts.SD21_BASE_PARAMS, "full", False, amp=True, use_8bit_adam=True)
-    assert full8.optimizer * 4 == full.optimizer
-    lora = opts.training_bytes(opts.SD21_BASE_PARAMS, "lora", False, amp=True, use_8bit_adam=False,
-                               lora_params=opts.SD21_BASE_LORA16_PARAMS)
-    assert lora.trained_params == opts.SD21_BASE_LORA16_PARAMS["unet"] and lora.state_file < 0.1 * gib
-    # frozen weights in half precision: the whole base model, 2 bytes a parameter
-    assert lora.weights == pytest.approx(2 * sum(opts.SD21_BASE_PARAMS.values()), rel=0.01)
-
-
-@pytest.mark.slow
-def test_sd21_parameter_counts_match_the_real_configs():
-    from threestudio_dreambooth3d.core import lora
-    from threestudio_dreambooth3d.tiny_models.sd import sd21_base_components
-
-    with torch.device("meta"):
-        comps = sd21_base_components()
-    assert {k: sum(p.numel() for p in comps[k].parameters()) for k in opts.SD21_BASE_PARAMS} == opts.SD21_BASE_PARAMS
-    for name, targets in (("unet", lora.UNET_TARGETS), ("text_encoder", lora.TEXT_ENCODER_TARGETS)):
-        lora.add_lora(comps[name], 16, 16, targets)
-        n = sum(p.numel() for k, p in comps[name].named_parameters() if "lora_" in k)
-        assert n == opts.SD21_BASE_LORA16_PARAMS[name]
 
 
 def test_finetune_cli_options_reach_the_trainer_config(tiny_sd_path, subject_dir, tmp_path, capsys):

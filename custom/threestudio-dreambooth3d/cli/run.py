@@ -153,7 +153,8 @@ def check_environment(args: argparse.Namespace) -> None:
     from ..environment.doctor import MISSING, WARN, format_table, run_checks
 
     out = output_folder(args)
-    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out)
+    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out,
+                      finetune_args=parse_set(args.overrides).get("finetune", []))
     for r in rows:
         if r.status == WARN:
             _warn(f"{r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else ""))

@@ -1,5 +1,5 @@
-"""How DreamBooth trains on a device: precision, optimizer, gradient checkpointing, state saves, and
-what that costs in memory and disk.
+"""How DreamBooth trains on a device: precision, optimizer, gradient checkpointing, state saves
+(what they cost in memory and disk: :mod:`.train_memory`).
 
 The settings follow diffusers' ``train_dreambooth(_lora).py`` examples, so a 24 GB card fits
 every mode: autocast in bf16 where the GPU has it (else fp16 with loss scaling) while the
@@ -15,7 +15,6 @@ without a GPU.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import ContextManager, Dict, Iterable, List, Optional
 
 import torch
@@ -126,61 +125,3 @@ class StateSavePolicy:
 
     def saved(self, now: float) -> None:
         self.last = now
-
-
-# --- what it costs ---------------------------------------------------------------------------
-
-# parameters of Stable Diffusion 2.1 base (stabilityai/stable-diffusion-2-1-base), counted on
-# tiny_models.sd.sd21_base_modules: used when a hub model is not on disk yet
-SD21_BASE_PARAMS = {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863}
-# LoRA rank 16 on the attention projections (to_q/k/v/out.0, q/k/v/out_proj)
-SD21_BASE_LORA16_PARAMS = {"unet": 3_319_808, "text_encoder": 3_014_656}
-
-
-@dataclass(frozen=True)
-class TrainingBytes:
-    """Bytes a finetune holds for weights, gradients and optimizer state (activations come on top)."""
-
-    trained_params: int
-    weights: int
-    grads: int
-    optimizer: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.grads + self.optimizer
-
-    @property
-    def state_file(self) -> int:
-        """The resumable state on disk: trained parameters + optimizer state."""
-        return self.trained_params * 4 + self.optimizer
-
-
-def training_bytes(params: Dict[str, int], mode: str, train_text_encoder: bool, amp: bool,
-                   use_8bit_adam: bool, lora_params: Optional[Dict[str, int]] = None) -> TrainingBytes:
-    """Count what a DreamBooth finetune of components with ``params`` (name -> parameter count:
-    unet, text_encoder, vae) keeps on the device: trained parameters fp32 (4 B) with fp32
-    gradients (4 B) and AdamW moments (8 B; 2 B in 8 bit); frozen weights in the autocast
-    dtype (2 B) or fp32. LoRA mode trains ``lora_params`` (its adapters) beside frozen bases."""
-    lora_params = lora_params or {}
-    trained_modules = ["unet"] + (["text_encoder"] if train_text_encoder else [])
-    if mode == "lora":
-        trained = sum(lora_params.get(m, 0) for m in trained_modules)
-        frozen = sum(params.values())
-    else:
-        trained = sum(params[m] for m in trained_modules)
-        frozen = sum(n for m, n in params.items() if m not in trained_modules)
-    frozen_bytes = 2 if amp else 4
-    return TrainingBytes(trained_params=trained, weights=trained * 4 + frozen * frozen_bytes, grads=trained * 4,
-                         optimizer=trained * (2 if use_8bit_adam else 8))
-
-
-def finetune_disk_bytes(params: Dict[str, int], mode: str, train_text_encoder: bool, use_8bit_adam: bool,
-                        checkpoints: int = 3, lora_params: Optional[Dict[str, int]] = None) -> int:
-    """Disk one DreamBooth3D run's finetunes need at their peak: the photo run's and the multi-view
-    run's state files (each kept for resuming), one of them twice while it is replaced (written
-    next to the old one, then renamed), and ``checkpoints`` named checkpoints (partial, full,
-    multiview: the trained modules' fp32 weights, or LoRA adapters)."""
-    tb = training_bytes(params, mode, train_text_encoder, amp=True, use_8bit_adam=use_8bit_adam,
-                        lora_params=lora_params)
-    return 3 * tb.state_file + checkpoints * tb.trained_params * 4

@@ -11,14 +11,16 @@ Torch-free at import; torch is imported only by the GPU check.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..cpu.standin import importable
 
@@ -32,7 +34,10 @@ IMPORT_NAMES = {
 }
 # bytes a run writes (checkpoints, class images, videos). smoke: measured, `du -sh OUT` after
 # `run --preset smoke` = 583 MB (two 289 MB Lightning checkpoints of stages 1 and 3), plus a margin
-MIN_FREE_BYTES = {"default": 10 << 30, "smoke": 700 << 20}
+# a CPU preset's run, measured; a GPU run's need is counted from its finetune mode and model (run_disk_need)
+MIN_FREE_BYTES = {"smoke": 700 << 20}
+# what a default run writes besides the finetunes: class images, NeRF checkpoints, videos, pseudo views, mesh
+OTHER_OUTPUTS_BYTES = 1 << 30
 
 OK, MISSING, WARN, INFO = "ok", "MISSING", "warn", "-"
 
@@ -278,23 +283,75 @@ def check_model(model: Optional[str], cached: Optional[Callable[[str], Optional[
     return Check("base model", WARN, f"{model} will download on first use (about 5 GB)")
 
 
-def check_disk(where: Union[str, Path], need_bytes: int) -> Check:
+def model_params(model: Optional[str], cached: Optional[Callable[[str], Optional[str]]] = None) -> Tuple[Dict[str, int], str]:
+    """Parameters per component of ``model`` (from its safetensors headers when it is on disk),
+    else Stable Diffusion 2.1 base's; and where the numbers come from."""
+    from ..core.train_memory import SD21_BASE_PARAMS, folder_params
+
+    folder = None
+    if model:
+        path = Path(model).expanduser()
+        if path.exists():
+            folder = path
+        else:
+            hit = (cached or _hub_cached)(model)
+            folder = Path(hit).parent if hit else None
+    counts = folder_params(folder) if folder is not None and folder.is_dir() else None
+    if counts:
+        return counts, f"{model}'s weights"
+    return dict(SD21_BASE_PARAMS), "SD 2.1 base sizes"
+
+
+def run_disk_need(preset: str, model: Optional[str] = "", finetune_args: Sequence[str] = (),
+                  cached: Optional[Callable[[str], Optional[str]]] = None) -> Tuple[int, str]:
+    """Bytes a run of ``preset`` writes at its peak, and how that was counted. A GPU run's is
+    dominated by the DreamBooth training states (full mode: fp32 weights + AdamW moments of every
+    trained parameter, ~10 GiB for an SD 2.1 UNet), so it follows ``--mode``, ``--train-text-encoder``
+    and ``--use-8bit-adam`` (the preset's finetune options, then ``finetune_args``) and the model's size."""
+    from ..core.train_memory import SD21_BASE_LORA16_PARAMS, finetune_disk_bytes, training_bytes
+    from ..finetune_options import FinetuneOptions
+    from ..pipeline.presets import get_preset
+
+    p = get_preset(preset)
+    if p.cpu:
+        return MIN_FREE_BYTES.get(p.name, 0), f"a --preset {p.name} run, measured"
+    required = ["--subject", "-", "--class-noun", "-", "--out", "-", *p.finetune_args]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            opts = FinetuneOptions.parse(required + list(finetune_args))
+    except SystemExit:  # a bad --set finetune option: the run's own checks name it; size without it
+        opts = FinetuneOptions.parse(required)
+    params, source = model_params(p.model if model == "" else model, cached)
+    state = training_bytes(params, opts.mode, opts.train_text_encoder, amp=True, use_8bit_adam=opts.use_8bit_adam,
+                           lora_params=SD21_BASE_LORA16_PARAMS).state_file
+    need = finetune_disk_bytes(params, opts.mode, opts.train_text_encoder, opts.use_8bit_adam,
+                               lora_params=SD21_BASE_LORA16_PARAMS) + OTHER_OUTPUTS_BYTES
+    flags = f"--mode {opts.mode}" + (" --train-text-encoder" if opts.train_text_encoder else "") + (
+        " --use-8bit-adam" if opts.use_8bit_adam else "")
+    how = (f"{flags} with {source}: 2 finetune states of {state / 2**30:.2f} GiB (+1 while replaced), "
+           f"3 checkpoints, ~{OTHER_OUTPUTS_BYTES / 2**30:.0f} GiB of stage outputs")
+    return need, how
+
+
+def check_disk(where: Union[str, Path], need_bytes: int, how: str = "") -> Check:
     path = Path(where).expanduser().resolve()
     while not path.exists() and path != path.parent:
         path = path.parent
     free = shutil.disk_usage(path).free
-    detail = f"{free / 2**30:.1f} GiB free under {path}"
+    need = f"this run needs about {need_bytes / 2**30:.1f} GiB" + (f" ({how})" if how else "")
+    detail = f"{free / 2**30:.1f} GiB free under {path}; {need}"
     if free < need_bytes:
-        return Check("free disk", MISSING, f"{detail}; a run writes about {need_bytes / 2**30:.1f} GiB",
-                     "free some space or pass --out on another disk")
+        return Check("free disk", MISSING, detail, "free some space or pass --out on another disk")
     return Check("free disk", OK, detail)
 
 
 # -- all together ---------------------------------------------------------------------------
 
 def run_checks(preset: str = "default", model: Optional[str] = "", threestudio: Optional[str] = None,
-               out: Union[str, Path] = ".", gpu: Optional[GpuInfo] = None) -> List[Check]:
-    """Every row for ``preset``; ``model=""`` means the preset's own model."""
+               out: Union[str, Path] = ".", gpu: Optional[GpuInfo] = None,
+               finetune_args: Sequence[str] = ()) -> List[Check]:
+    """Every row for ``preset``; ``model=""`` means the preset's own model; ``finetune_args``: the
+    user's extra ``dreambooth3d finetune`` options (they size the disk check)."""
     from ..pipeline.presets import get_preset
 
     p = get_preset(preset)
@@ -303,7 +360,7 @@ def run_checks(preset: str = "default", model: Optional[str] = "", threestudio: 
     rows.append(check_gpu(needs_gpu=not p.cpu, info=info))
     rows += check_cuda_pieces(gpu=info.available and not p.cpu)
     rows.append(check_model(p.model if model == "" else model))
-    rows.append(check_disk(out, MIN_FREE_BYTES.get(p.name, 0)))
+    rows.append(check_disk(out, *run_disk_need(preset, model, finetune_args)))
     return rows
 
 
