@@ -32,3 +32,9 @@ def cache_dir() -> "Path":
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "threestudio-dreambooth3d"
+
+# MVDream (run --prior mvdream): the released 4-view model on the hub, and the GPU memory
+# MVDream-threestudio asks for (its README: >= 20 GB for the 256 px, batch-4 stage)
+MVDREAM_REPO = "MVDream/MVDream"
+MVDREAM_FILE = "sd-v2.1-base-4view.pt"
+MVDREAM_MIN_GPU_GB = 20

@@ -19,6 +19,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="check for this preset of `run` (default: default, the GPU run)")
     p.add_argument("--model", default="", help="base model to look for (default: the preset's)")
     p.add_argument("--threestudio", default=None, help="threestudio checkout (default $THREESTUDIO_ROOT or the installed one)")
+    p.add_argument("--prior", choices=["sd", "mvdream"], default="sd",
+                   help="also check what run --prior mvdream needs: the MVDream model and GPU memory (default sd)")
+    p.add_argument("--mvdream", default=None, metavar="FOLDER_OR_CKPT", help="the --mvdream the run will get")
     p.add_argument("--out", default=".", help="where the run will write, for the free-disk check (default .)")
     p.add_argument("--fix", action="store_true",
                    help="fix what can be fixed here: without a threestudio (--threestudio, $THREESTUDIO_ROOT, or "
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         from ..environment.fetch import ensure_threestudio
 
         ensure_threestudio(args.threestudio)  # fetches only when none is given or installed
-    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=args.out)
+    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=args.out,
+                      prior=args.prior, mvdream=args.mvdream)
     print(format_table(rows))
     missing = blocking(rows)
     print()

@@ -11,7 +11,7 @@ from typing import Dict, List
 from ..errors import ConfigError, MachineError
 from ..finetune_options import nonempty
 from ..formats import slug
-from ..pipeline.context import METHODS, RunContext
+from ..pipeline.context import METHODS, PRIORS, RunContext
 from ..pipeline.presets import PRESETS, get_preset
 from ..pipeline.steps import STEP_NAMES, step_name
 
@@ -63,6 +63,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="bootstrapped rounds (DreamCraft3D's bootstrapping): repeat stage 2 -> multi-view finetune "
                    "-> stage 3 K times, each round's pseudo views rendered from the previous round's final NeRF; "
                    "round K>=2's steps are stage2_rK, multiview_finetune_rK, stage3_rK (default 1)")
+    p.add_argument("--prior", choices=list(PRIORS), default="sd",
+                   help="the diffusion prior of stages 1 and 3. sd: the personalised Stable Diffusion (the paper); "
+                   "mvdream: the personalised MVDream multi-view model (fewer multi-face/Janus assets): an MVDreamBooth "
+                   "on the photos guides stage 1 with multi-view SDS, stage 2 still translates with the 2D full "
+                   "DreamBooth, the MVDreamBooth continues on the pseudo views as 4-view sets and guides stage 3 "
+                   "(default sd)")
+    p.add_argument("--mvdream", default=None, metavar="FOLDER_OR_CKPT",
+                   help="with --prior mvdream: a folder from `dreambooth3d convert-mvdream`, or the released checkpoint "
+                   "(sd-v2.1-base-4view.pt), converted into OUT/models/mvdream with --model's VAE and text encoder "
+                   "(default: that file from the hub's MVDream/MVDream, downloaded once; smoke: a tiny random one)")
     p.add_argument("--threestudio", default=None, help="threestudio checkout (default $THREESTUDIO_ROOT or the installed one)")
     p.add_argument("--configs", default=None, help="folder of this project's threestudio configs (default: the checkout's)")
     p.add_argument("--dry-run", action="store_true", help="print which steps would run and their commands, run nothing")
@@ -86,7 +96,8 @@ def build_context(args: argparse.Namespace) -> RunContext:
                      preset=preset, model=model, identifier=args.identifier, gpu=args.gpu, seed=args.seed,
                      threestudio_root=locate_threestudio(args.threestudio), configs_dir=locate_configs(args.configs),
                      overrides=overrides, multiview_init=args.multiview_init, method=args.method,
-                     rounds=getattr(args, "rounds", 1))
+                     rounds=getattr(args, "rounds", 1), prior=getattr(args, "prior", "sd"),
+                     mvdream=getattr(args, "mvdream", None))
     check_step_names(ctx, overrides, args.start_from)
     return ctx
 
@@ -95,8 +106,8 @@ def check_step_names(ctx: RunContext, overrides: Dict[str, List[str]], start_fro
     """``--set``/``--from`` naming a step this run does not have (stage3_r3 with --rounds 2) is refused."""
     from ..pipeline.steps import steps_for
 
-    names = [s.name for s in steps_for(ctx.method, ctx.rounds)]
-    bases = {s.base for s in steps_for(ctx.method, ctx.rounds)}
+    names = [s.name for s in steps_for(ctx.method, ctx.rounds, ctx.prior)]
+    bases = {s.base for s in steps_for(ctx.method, ctx.rounds, ctx.prior)}
     for step in [*overrides, *([step_name(start_from)] if start_from else [])]:
         if step not in names and step not in bases:
             raise ConfigError(f"step {step!r} is not part of this run ({', '.join(names)}); "
@@ -104,16 +115,24 @@ def check_step_names(ctx: RunContext, overrides: Dict[str, List[str]], start_fro
 
 
 def build_tiny_model(args: argparse.Namespace, ctx: RunContext) -> None:
-    if args.model is None and ctx.preset.model is None and not (Path(ctx.model) / "model_index.json").is_file():
+    """The smoke preset's tiny random models: Stable Diffusion, and MVDream for --prior mvdream."""
+    build_sd = args.model is None and ctx.preset.model is None and not (Path(ctx.model) / "model_index.json").is_file()
+    build_mv = (ctx.prior == "mvdream" and ctx.preset.model is None and not args.mvdream
+                and not (ctx.mvdream_model / "model_index.json").is_file())
+    if build_sd or build_mv:
         from transformers.utils import logging as hf_logging
 
         from ..log_routing import route_library_logs
+        from ..tiny_models.mvdream import build_tiny_mvdream
         from ..tiny_models.sd import save_tiny_sd
 
         route_library_logs()  # their warnings join OUT/logs/run.log
         hf_logging.disable_progress_bar()  # "Writing model shards" is not the run's progress
         try:
-            save_tiny_sd(Path(ctx.model))
+            if build_sd:
+                save_tiny_sd(Path(ctx.model))
+            if build_mv:
+                build_tiny_mvdream(ctx.mvdream_model)
         finally:
             hf_logging.enable_progress_bar()
 
@@ -154,7 +173,8 @@ def check_environment(args: argparse.Namespace) -> None:
 
     out = output_folder(args)
     rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out,
-                      finetune_args=parse_set(args.overrides).get("finetune", []))
+                      finetune_args=parse_set(args.overrides).get("finetune", []),
+                      prior=args.prior, mvdream=args.mvdream)
     for r in rows:
         if r.status == WARN:
             _warn(f"{r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else ""))
@@ -218,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     check_finetune_options(ctx)
     from ..pipeline.steps import steps_for
 
-    runner = Runner(ctx, steps=steps_for(ctx.method, ctx.rounds), console=Console(verbosity(args)))
+    runner = Runner(ctx, steps=steps_for(ctx.method, ctx.rounds, ctx.prior), console=Console(verbosity(args)))
     if args.dry_run:
         for d in runner.plan(args.start_from):
             print(f"{d.step.name}: {'run' if d.run else 'skip'} ({d.reason})")
@@ -231,7 +251,8 @@ def _run(args: argparse.Namespace) -> int:
     prepare_workspace(ctx)
     runner.manifest.set_run_info({"subject": str(ctx.subject), "class_noun": ctx.class_noun, "prompt": ctx.prompt,
                                   "identifier": ctx.identifier, "model": ctx.model, "preset": ctx.preset.name,
-                                  "method": ctx.method, "final_step": ctx.final_nerf_step, "rounds": ctx.rounds,
+                                  "method": ctx.method, "prior": ctx.prior, "final_step": ctx.final_nerf_step,
+                                  "rounds": ctx.rounds,
                                   "threestudio": str(ctx.threestudio_root), "argv": sys.argv,
                                   "warnings": warnings})  # shown on summary.html
     t0 = time.monotonic()

@@ -333,6 +333,53 @@ def run_disk_need(preset: str, model: Optional[str] = "", finetune_args: Sequenc
     return need, how
 
 
+def check_mvdream(mvdream: Optional[str], tiny: bool = False,
+                  cached: Optional[Callable[[str, str], Optional[str]]] = None) -> Check:
+    """--prior mvdream's model: a converted folder or a checkpoint file here, the hub's released
+    checkpoint in the HF cache, or a download (impossible offline)."""
+    from ..defaults import MVDREAM_FILE, MVDREAM_REPO
+
+    if tiny and not mvdream:
+        return Check("MVDream model", OK, "tiny random MVDream, built in the output folder")
+    if mvdream:
+        path = Path(mvdream).expanduser()
+        if path.is_dir():
+            unet = path / "unet" / "config.json"
+            if unet.is_file() and '"MultiViewUNet"' in unet.read_text():
+                return Check("MVDream model", OK, f"local folder {path}")
+            return Check("MVDream model", MISSING, f"{path} is not a converted MVDream folder (no MultiViewUNet in "
+                         "unet/config.json)", "convert the released checkpoint: dreambooth3d convert-mvdream "
+                         f"{MVDREAM_FILE} --out FOLDER, or pass --mvdream the .pt file")
+        if path.is_file():
+            return Check("MVDream model", OK, f"local checkpoint {path} (converted into the output folder once)")
+        return Check("MVDream model", MISSING, f"{path} does not exist",
+                     f"pass --mvdream a converted folder or the released {MVDREAM_FILE}")
+    from .hub import cached_file, hub_offline
+
+    hit = (cached or cached_file)(MVDREAM_REPO, MVDREAM_FILE)
+    if hit:
+        return Check("MVDream model", OK, f"{MVDREAM_REPO}/{MVDREAM_FILE} (in the HF cache; converted once)")
+    if hub_offline():
+        return Check("MVDream model", MISSING, f"{MVDREAM_REPO}/{MVDREAM_FILE} is not in the HF cache and "
+                     "HF_HUB_OFFLINE is set", f"download it once with network access, or pass --mvdream a local file")
+    return Check("MVDream model", WARN, f"{MVDREAM_REPO}/{MVDREAM_FILE} will download on first use (about 5 GB)")
+
+
+def check_mvdream_gpu(info: GpuInfo, needs_gpu: bool) -> Check:
+    """MVDream-threestudio asks for a GPU of at least MVDREAM_MIN_GPU_GB (its 256 px, 4-view stage)."""
+    from ..defaults import MVDREAM_MIN_GPU_GB
+
+    need = f"the MVDream stages need >= {MVDREAM_MIN_GPU_GB} GB of GPU memory (MVDream-threestudio's figure)"
+    if not needs_gpu:
+        return Check("MVDream GPU memory", INFO, need + "; the CPU smoke preset needs none")
+    if not info.available:
+        return Check("MVDream GPU memory", MISSING, need + "; no GPU visible", "run on a GPU machine")
+    if info.total_bytes < MVDREAM_MIN_GPU_GB * 1e9:
+        return Check("MVDream GPU memory", WARN, f"{info.name} has {info.total_bytes / 1e9:.1f} GB; " + need,
+                     "expect out-of-memory at the 256 px stage; lower data.batch_size/width (--set stage1:...)")
+    return Check("MVDream GPU memory", OK, f"{info.total_bytes / 1e9:.1f} GB >= {MVDREAM_MIN_GPU_GB} GB")
+
+
 def check_disk(where: Union[str, Path], need_bytes: int, how: str = "") -> Check:
     path = Path(where).expanduser().resolve()
     while not path.exists() and path != path.parent:
@@ -349,9 +396,10 @@ def check_disk(where: Union[str, Path], need_bytes: int, how: str = "") -> Check
 
 def run_checks(preset: str = "default", model: Optional[str] = "", threestudio: Optional[str] = None,
                out: Union[str, Path] = ".", gpu: Optional[GpuInfo] = None,
-               finetune_args: Sequence[str] = ()) -> List[Check]:
+               finetune_args: Sequence[str] = (), prior: str = "sd", mvdream: Optional[str] = None) -> List[Check]:
     """Every row for ``preset``; ``model=""`` means the preset's own model; ``finetune_args``: the
-    user's extra ``dreambooth3d finetune`` options (they size the disk check)."""
+    user's extra ``dreambooth3d finetune`` options (they size the disk check). ``prior="mvdream"``
+    adds the MVDream model (``mvdream``: --mvdream) and the GPU memory its stages need."""
     from ..pipeline.presets import get_preset
 
     p = get_preset(preset)
@@ -360,6 +408,9 @@ def run_checks(preset: str = "default", model: Optional[str] = "", threestudio: 
     rows.append(check_gpu(needs_gpu=not p.cpu, info=info))
     rows += check_cuda_pieces(gpu=info.available and not p.cpu)
     rows.append(check_model(p.model if model == "" else model))
+    if prior == "mvdream":
+        rows.append(check_mvdream(mvdream, tiny=p.model is None))
+        rows.append(check_mvdream_gpu(info, needs_gpu=not p.cpu))
     rows.append(check_disk(out, *run_disk_need(preset, model, finetune_args)))
     return rows
 

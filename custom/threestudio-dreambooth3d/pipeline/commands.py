@@ -88,9 +88,10 @@ def prepare_workspace(ctx: RunContext) -> Path:
     return ws
 
 
-def finetune_cli(ctx: RunContext, args: List[str], log_name: str) -> Command:
-    """``dreambooth3d finetune ARGS`` (the step builds ARGS), on the run's GPU unless the preset is a CPU one."""
-    argv = [ctx.python, "-m", "threestudio_dreambooth3d.cli", "finetune", *args]
+def finetune_cli(ctx: RunContext, args: List[str], log_name: str, subcommand: str = "finetune") -> Command:
+    """``dreambooth3d finetune ARGS`` (the step builds ARGS; or another ``subcommand``), on the run's
+    GPU unless the preset is a CPU one."""
+    argv = [ctx.python, "-m", "threestudio_dreambooth3d.cli", subcommand, *args]
     env = {} if ctx.preset.cpu or "CUDA_VISIBLE_DEVICES" in os.environ else {"CUDA_VISIBLE_DEVICES": ctx.gpu}
     return Command(argv, cwd=ctx.out, env=env, log_name=log_name)
 

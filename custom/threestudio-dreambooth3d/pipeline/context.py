@@ -7,6 +7,8 @@
     OUT/results/                    turntable videos, pseudo-view contact sheet, mesh/ (OBJ, MTL, texture, GLB)
     OUT/finetune/checkpoints/{partial,full}        DreamBooth checkpoints
     OUT/multiview_finetune/checkpoints/multiview   DreamBooth continued on the pseudo views
+    OUT/mv_finetune/checkpoints/partial            --prior mvdream: the multi-view DreamBooth on the photos
+    OUT/models/mvdream              --prior mvdream: the converted MVDream folder (tiny-mvdream: smoke)
     OUT/{stage1,stage2,stage3,export}/run/         threestudio trials (ckpts/, save/, configs/parsed.yaml)
     OUT/pseudo_views/               the stage-2 pseudo-view set (images/view_XXX.png + .txt captions)
     OUT/{stage2,multiview_finetune,stage3}_rK/, OUT/pseudo_views_rK/   round K >= 2 of `run --rounds`
@@ -50,6 +52,13 @@ def split_round(name: str):
     return (m.group(1), int(m.group(2))) if m else (name, 1)
 
 
+# `dreambooth3d run --prior`: the diffusion prior of stages 1 and 3. sd: the personalised Stable
+# Diffusion (the paper); mvdream: the personalised MVDream multi-view model (stage 2's
+# translation stays with the 2D full DreamBooth)
+PRIORS = ("sd", "mvdream")
+MVDREAM_CONFIGS = {"stage1": "dreambooth3d-mvdream-stage1.yaml", "stage3": "dreambooth3d-mvdream-stage3.yaml"}
+
+
 @dataclass
 class RunContext:
     out: Path
@@ -71,6 +80,10 @@ class RunContext:
     method: str = "dreambooth3d"
     # bootstrapped rounds of stage 2 -> multi-view finetune -> stage 3 (DreamCraft3D's bootstrapping)
     rounds: int = 1
+    prior: str = "sd"
+    # --prior mvdream: a converted MVDream folder, or a released checkpoint file to convert (None: the
+    # hub's MVDream/MVDream checkpoint; the smoke preset's tiny random one)
+    mvdream: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,6 +93,11 @@ class RunContext:
         if self.rounds > 1 and self.method != "dreambooth3d":
             raise ConfigError(f"--rounds repeats DreamBooth3D's stages 2-3; --method {self.method} has none. "
                               "Leave --rounds out for a baseline.")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
+        if self.prior == "mvdream" and self.method != "dreambooth3d":
+            raise ConfigError(f"--prior mvdream replaces the prior of DreamBooth3D's stages 1 and 3; "
+                              f"--method {self.method} has none (use --method dreambooth3d)")
         self.multiview_init = self.multiview_init or self.preset.multiview_init
         if self.multiview_init not in MULTIVIEW_INITS:
             raise ConfigError(f"multiview_init must be one of {', '.join(MULTIVIEW_INITS)}, not {self.multiview_init!r}")
@@ -99,6 +117,40 @@ class RunContext:
         """A DreamBooth checkpoint: partial/full of the first finetune, or round ``round``'s multiview."""
         folder = self.out / round_step("multiview_finetune", round) if name == "multiview" else self.finetune_dir
         return folder / "checkpoints" / name
+
+    @property
+    def mv_finetune_dir(self) -> Path:
+        return self.out / "mv_finetune"
+
+    def mv_checkpoint(self, name: str) -> Path:
+        """A checkpoint of the multi-view DreamBooth on the photos (--prior mvdream)."""
+        return self.mv_finetune_dir / "checkpoints" / name
+
+    @property
+    def mvdream_model(self) -> Path:
+        """The MVDream folder the multi-view steps load: --mvdream FOLDER itself, else the folder
+        the mvdream_model step converts into (or the smoke preset builds)."""
+        if self.mvdream and Path(self.mvdream).expanduser().is_dir():
+            return Path(self.mvdream).expanduser().resolve()
+        tiny = self.preset.model is None and not self.mvdream
+        return self.out / "models" / ("tiny-mvdream" if tiny else "mvdream")
+
+    @property
+    def mvdream_source(self) -> Optional[str]:
+        """What the mvdream_model step converts: a checkpoint file, ``REPO:FILE`` on the hub, or None
+        (a folder given, or the smoke preset's tiny model)."""
+        from ..defaults import MVDREAM_FILE, MVDREAM_REPO
+
+        if self.mvdream:
+            path = Path(self.mvdream).expanduser()
+            return None if path.is_dir() else str(path.resolve())
+        return None if self.preset.model is None else f"{MVDREAM_REPO}:{MVDREAM_FILE}"
+
+    @property
+    def mv_class_images_dir(self) -> Path:
+        """The multi-view class sets (sampled by the MVDream model itself), apart from the 2D ones."""
+        key = hashlib.sha256(self.portable(str(self.mvdream_model)).encode()).hexdigest()[:8]
+        return self.out / "class_images" / f"mv-{slug(self.class_noun)}-{key}"
 
     @property
     def class_images_dir(self) -> Path:
@@ -134,8 +186,12 @@ class RunContext:
         return round_step("stage3", self.rounds) if self.method == "dreambooth3d" else "baseline"
 
     def stage_config(self, step: str) -> str:
-        """The config file (under configs/) of a threestudio step of this run's method."""
-        return BASELINE_CONFIGS[self.method] if step == "baseline" else self.preset.configs[step]
+        """The config file (under configs/) of a threestudio step of this run's method and prior."""
+        if step == "baseline":
+            return BASELINE_CONFIGS[self.method]
+        if self.prior == "mvdream" and step in MVDREAM_CONFIGS:
+            return MVDREAM_CONFIGS[step]
+        return self.preset.configs[step]
 
     @property
     def pseudo_views_dir(self) -> Path:

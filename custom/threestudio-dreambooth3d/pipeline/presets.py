@@ -72,8 +72,8 @@ PRESETS: Dict[str, Preset] = {
         num_class_images=2,
         configs=dict(STAGE_CONFIGS),
         # the real configs, scaled down (render size, steps, views, isosurface grid, texture); the
-        # Latent-NeRF baseline's renders at its latent size
-        overrides={key: smoke.overrides(key) for key in ("stage1", "stage2", "stage3", "export", "latentnerf")},
+        # Latent-NeRF baseline's renders at its latent size; the MVDream prior's 4-view stages
+        overrides={key: smoke.overrides(key) for key in ("stage1", "stage2", "stage3", "export", "latentnerf", "mvdream")},
     ),
 }
 

@@ -39,6 +39,10 @@ OVERRIDES: Dict[str, List[str]] = {
     # a size in the saved grids, as threestudio's 512 does for SD
     "latentnerf": [f"data.width={RENDER_SIZE // 2}", f"data.height={RENDER_SIZE // 2}",
                    *[o for o in STAGE if not o.startswith(("data.width=", "data.height="))]],
+    # --prior mvdream, after a stage's own (dreambooth3d-mvdream-stage{1,3}.yaml): one size and one
+    # 4-view object per step instead of the 64 -> 256 px, 8 -> 4 views schedule; the guidance
+    # resizes renders to the tiny MVDream's own 32 px
+    "mvdream": ["data.batch_size=4", "data.resolution_milestones=[]"],
     # the export reads stage 3's parsed config: marching cubes on a 32^3 grid, a 64 px texture. A
     # 2-step NeRF is still the initial density blob, below threestudio's fixed threshold: "auto"
     # takes the mean density. Always CPU marching cubes: latentnerf.yaml (threestudio's) asks for
@@ -51,5 +55,5 @@ OVERRIDES: Dict[str, List[str]] = {
 
 def overrides(step: str) -> List[str]:
     """The CPU dotlist overrides of a pipeline step (``stage1``, ``stage2``, ``stage3``, ``export``,
-    ``latentnerf`` for the Latent-NeRF baseline)."""
+    ``latentnerf`` for the Latent-NeRF baseline, ``mvdream`` added to the stages of --prior mvdream)."""
     return list(OVERRIDES.get(step, []))

@@ -64,12 +64,14 @@ class Step:
         """The step's name without its round: ``stage3_r2`` is a ``stage3``."""
         return split_round(self.name)[0] if self.round > 1 else self.name
 
+    def preset_overrides(self, ctx: RunContext) -> List[str]:
+        return list(ctx.preset.overrides.get(self.base, []))
+
     def overrides(self, ctx: RunContext) -> List[str]:
         """The preset's overrides for this step, then the user's (``--set``), so the user's win.
         A later round's step takes its kind's (``--set stage3:...``), then its own (``--set stage3_r2:...``)."""
         names = [self.base] + ([self.name] if self.name != self.base else [])
-        return (list(ctx.preset.overrides.get(self.base, []))
-                + [o for n in names for o in ctx.overrides.get(n, [])])
+        return self.preset_overrides(ctx) + [o for n in names for o in ctx.overrides.get(n, [])]
 
     def inputs(self, ctx: RunContext) -> Dict[str, Any]:
         cmd = self.command(ctx)
@@ -153,9 +155,13 @@ class ThreestudioStage(Step):
         assert ctx.configs_dir is not None
         return ctx.configs_dir / ctx.stage_config(self.base)
 
+    def model(self, ctx: RunContext) -> str:
+        """The guidance's base model: the run's Stable Diffusion (the MVDream folder for its stages)."""
+        return ctx.model
+
     def dotlist(self, ctx: RunContext) -> List[str]:
         """Our config keys for this step: the base model, the prompt, the DreamBooth checkpoint..."""
-        return [dot(KEYS["model"], ctx.model), dot(KEYS["prompt"], ctx.prompt)]
+        return [dot(KEYS["model"], self.model(ctx)), dot(KEYS["prompt"], ctx.prompt)]
 
     def command(self, ctx):
         return launch_py(ctx, self.name, self.config(ctx), self.mode, self.dotlist(ctx) + self.overrides(ctx))
@@ -373,40 +379,197 @@ class Summary(Step):
         return write_summary(ctx, Manifest(ctx.out), subject_photos(ctx))
 
 
-def round_steps(round: int) -> List[Step]:
-    """One bootstrapping round: stage 2 -> multi-view finetune -> stage 3."""
+# -- --prior mvdream: MVDream's multi-view model, personalised, in stages 1 and 3 ---------------
+
+class MVDreamModel(Step):
+    """The MVDream folder the multi-view steps load. ``--mvdream FOLDER`` is used as it is; a
+    released checkpoint (``--mvdream FILE``, or the hub's MVDream/MVDream file when none is given)
+    is converted once with ``dreambooth3d convert-mvdream`` (VAE, text encoder, tokenizer and
+    scheduler from the run's ``--model``, an SD 2.1 base) into ``OUT/models/mvdream``."""
+
+    name, title = "mvdream_model", "MVDream model folder (convert-mvdream of the released checkpoint)"
+
+    def checkpoint_file(self, ctx: RunContext, download: bool = False) -> Optional[str]:
+        """The checkpoint file to convert: the user's, or the hub's (from the HF cache; fetched
+        there first when ``download``)."""
+        source = ctx.mvdream_source
+        if source is None or Path(source).is_file() or ":" not in source:
+            return source
+        from ..environment.hub import cached_file
+
+        repo, _, filename = source.partition(":")
+        hit = cached_file(repo, filename)
+        if hit is None and download:
+            from huggingface_hub import hf_hub_download
+
+            hit = hf_hub_download(repo, filename)
+        return hit or source
+
+    def command(self, ctx, download: bool = False):
+        source = self.checkpoint_file(ctx, download)
+        if source is None:
+            return None
+        return finetune_cli(ctx, [source, "--base", ctx.model, "--out", str(ctx.mvdream_model)], log_name=self.name,
+                            subcommand="convert-mvdream")
+
+    def inputs(self, ctx):
+        # what is converted, not where the HF cache keeps it
+        return {"mvdream": ctx.portable(ctx.mvdream_source or str(ctx.mvdream_model)), "base": ctx.portable(ctx.model)}
+
+    def work_paths(self, ctx):
+        return [ctx.mvdream_model] if ctx.mvdream_source else []  # never the user's own folder
+
+    def run(self, ctx, run_command):
+        cmd = self.command(ctx, download=True)
+        if cmd is not None:
+            run_command(cmd)
+        return self.collect(ctx)
+
+    def collect(self, ctx):
+        from ..core.mvdream import is_mvdream_folder
+
+        if not is_mvdream_folder(ctx.mvdream_model):
+            raise MissingOutputError(f"{ctx.mvdream_model} is not an MVDream model folder (no unet/config.json naming "
+                                     "MultiViewUNet): pass --mvdream a folder written by `dreambooth3d convert-mvdream` "
+                                     f"or the released checkpoint file; see {ctx.logs_dir / (self.name + '.log')}.")
+        inside = ctx.out in ctx.mvdream_model.parents
+        return {"mvdream": ctx.mvdream_model} if inside else {}
+
+
+def _on_mvdream(cmd: Command, ctx: RunContext) -> Command:
+    """A finetune command made MVDreamBooth's: ``--base-model mvdream`` on the MVDream folder, with
+    its own (multi-view) class sets."""
+    argv = list(cmd.argv)
+    argv[argv.index("--model") + 1] = str(ctx.mvdream_model)
+    argv[argv.index("--class-images-dir") + 1] = str(ctx.mv_class_images_dir)
+    i = argv.index("finetune") + 1
+    cmd.argv = argv[:i] + ["--base-model", "mvdream"] + argv[i:]
+    return cmd
+
+
+class MVFinetune(Finetune):
+    """MVDreamBooth on the photos (``finetune --base-model mvdream``): the partial multi-view model for
+    stage 1 (and the full one when the multi-view continuation starts from it)."""
+
+    name, title = "mv_finetune", "multi-view DreamBooth (MVDream) on the photos (partial checkpoint)"
+    upstream = ("mvdream_model",)
+
+    def out_dir(self, ctx):
+        return ctx.mv_finetune_dir
+
+    def names(self, ctx) -> Tuple[str, ...]:
+        return ("partial", "full") if ctx.multiview_init == "full" else ("partial",)
+
+    def run_args(self, ctx):
+        p = ctx.preset
+        steps = p.finetune_steps if ctx.multiview_init == "full" else p.partial_step
+        marks = ",".join(f"{n}={p.partial_step if n == 'partial' else p.finetune_steps}" for n in self.names(ctx))
+        return ["--out", str(self.out_dir(ctx)), "--steps", str(steps), "--checkpoints", marks]
+
+    def command(self, ctx):
+        return _on_mvdream(super().command(ctx), ctx)
+
+    def collect(self, ctx):
+        return {name: _expect(ctx.mv_checkpoint(name) / "dreambooth.json", f"{name} checkpoint", self.name, ctx).parent
+                for name in self.names(ctx)}
+
+
+class MVMultiviewFinetune(MultiviewFinetune):
+    """The multi-view DreamBooth continued on the pseudo views, for MVDream: round 1 continues the
+    MVDreamBooth checkpoint (``--multiview-init``), a later round the previous round's; it trains on
+    the photos (single views) plus that round's pseudo views as 4-view sets at their own cameras
+    (``--extra-views``)."""
+
+    def __init__(self, round: int = 1) -> None:
+        super().__init__(round)
+        self.title = ("multi-view DreamBooth (MVDream): continue on photos + pseudo views as 4-view sets"
+                      + (f" (round {round})" if round > 1 else ""))
+        self.upstream = tuple("mv_finetune" if u == "finetune" else u for u in self.upstream)
+
+    def init_checkpoint(self, ctx):
+        return ctx.mv_checkpoint(ctx.multiview_init) if self.round == 1 else super().init_checkpoint(ctx)
+
+    def run_args(self, ctx):
+        p = ctx.preset
+        first = FinetuneOptions.parse(MVFinetune().command(ctx).argv[4:])
+        return ["--out", str(self.out_dir(ctx)), "--steps", str(p.multiview_steps),
+                "--checkpoints", f"multiview={p.multiview_steps}",
+                "--init-checkpoint", str(self.init_checkpoint(ctx)),
+                "--extra-views", str(ctx.pseudo_views_for(self.round))] + continuation_args(first)
+
+    def command(self, ctx):
+        return _on_mvdream(super().command(ctx), ctx)
+
+
+class _MVStage:
+    """A NeRF stage on the MVDream model: its own config (context.MVDREAM_CONFIGS), the MVDream
+    folder as the guidance's model, the preset's ``mvdream`` overrides after the stage's."""
+
+    def model(self, ctx):
+        return str(ctx.mvdream_model)
+
+    def preset_overrides(self, ctx):
+        return super().preset_overrides(ctx) + list(ctx.preset.overrides.get("mvdream", []))
+
+
+class MVStage1(_MVStage, Stage1):
+    title = "stage 1: multi-view SDS (MVDream) with the partial multi-view DreamBooth"
+    upstream = ("mv_finetune",)
+
+    def dotlist(self, ctx):
+        return ThreestudioStage.dotlist(self, ctx) + [dot(KEYS["checkpoint"], ctx.mv_checkpoint("partial"))]
+
+
+class MVStage3(_MVStage, Stage3):
+    def __init__(self, round: int = 1) -> None:
+        super().__init__(round)
+        self.title = ("stage 3: multi-view SDS (MVDream) with the multi-view model + pseudo-view reconstruction"
+                      + (f" (round {round})" if round > 1 else ""))
+
+
+def round_steps(round: int, prior: str = "sd") -> List[Step]:
+    """One bootstrapping round: stage 2 -> multi-view finetune -> stage 3 (stage 2 translates with
+    the 2D full model under either prior)."""
+    if prior == "mvdream":
+        return [Stage2(round), MVMultiviewFinetune(round), MVStage3(round)]
     return [Stage2(round), MultiviewFinetune(round), Stage3(round)]
 
 
-def dreambooth3d_steps(rounds: int = 1) -> List[Step]:
+def dreambooth3d_steps(rounds: int = 1, prior: str = "sd") -> List[Step]:
     """DreamBooth3D's steps; ``rounds`` > 1 repeats stage 2 -> multi-view finetune -> stage 3, each
-    round from the previous round's final NeRF, and exports the last round's."""
-    repeated = [s for r in range(1, rounds + 1) for s in round_steps(r)]
+    round from the previous round's final NeRF, and exports the last round's. The MVDream prior
+    adds the MVDream folder and its DreamBooth on the photos, and runs stage 1, the multi-view
+    finetunes and stage 3 on it."""
+    repeated = [s for r in range(1, rounds + 1) for s in round_steps(r, prior)]
     final = round_step("stage3", rounds)
-    steps = [Finetune(), Stage1(), *repeated, Export(final=final)]
+    first = [Finetune(), MVDreamModel(), MVFinetune(), MVStage1()] if prior == "mvdream" else [Finetune(), Stage1()]
+    steps = [*first, *repeated, Export(final=final)]
     return steps + [Summary(tuple(s.name for s in steps))]
 
 
 STEPS: List[Step] = dreambooth3d_steps(1)
+MVDREAM_STEPS: List[Step] = dreambooth3d_steps(1, "mvdream")
 STEP_NAMES = [s.name for s in STEPS]
+MVDREAM_STEP_NAMES = [s.name for s in MVDREAM_STEPS if s.name not in STEP_NAMES]
 
 
 def stage_configs(ctx: RunContext) -> List[Path]:
     """The config files the method's threestudio steps load (the export loads a NeRF step's parsed config)."""
-    return [s.config(ctx) for s in steps_for(ctx.method) if isinstance(s, ThreestudioStage) and not isinstance(s, Export)]
+    return [s.config(ctx) for s in steps_for(ctx.method, ctx.rounds, ctx.prior)
+            if isinstance(s, ThreestudioStage) and not isinstance(s, Export)]
 
 
-def get_step(name: str, method: str = "dreambooth3d") -> Step:
-    """The step called ``name`` (aliases allowed) as ``method`` runs it."""
+def get_step(name: str, method: str = "dreambooth3d", prior: str = "sd") -> Step:
+    """The step called ``name`` (aliases allowed) as ``method`` with ``prior`` runs it."""
     name = step_name(name)
     rounds = split_round(name)[1]
-    return next(s for s in steps_for(method, rounds) + STEPS if s.name == name)
+    return next(s for s in steps_for(method, rounds, prior) + STEPS + MVDREAM_STEPS if s.name == name)
 
 
-def steps_for(method: str, rounds: int = 1) -> List[Step]:
+def steps_for(method: str, rounds: int = 1, prior: str = "sd") -> List[Step]:
     """The steps a method runs; a baseline skips stages 1-3 and the multi-view finetune."""
     if method == "dreambooth3d":
-        return dreambooth3d_steps(rounds)
+        return dreambooth3d_steps(rounds, prior)
     return [Finetune(), Baseline(), Export(final="baseline"), Summary(("finetune", "baseline", "export"))]
 
 
@@ -423,7 +586,9 @@ def step_name(name: str) -> str:
     if round > 1 and base in REPEATED:
         return round_step(base, round)
     name = ALIASES.get(name, name)
-    if name not in STEP_NAMES + ["baseline"]:  # "baseline": the NeRF step of --method dreamboothfusion/latentnerf
+    # "baseline": the NeRF step of --method dreamboothfusion/latentnerf; mvdream_model, mv_finetune: --prior mvdream
+    if name not in STEP_NAMES + ["baseline"] + MVDREAM_STEP_NAMES:
         raise ConfigError(f"unknown step {name!r}; steps are {', '.join(STEP_NAMES)} (baseline methods: baseline; "
+                          f"--prior mvdream: {', '.join(MVDREAM_STEP_NAMES)}; "
                           f"later rounds of --rounds: {', '.join(r + '_r2' for r in REPEATED)}, ...)")
     return name

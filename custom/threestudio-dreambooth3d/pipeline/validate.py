@@ -217,7 +217,7 @@ def stage_specs(ctx) -> List[StageSpec]:
 
     specs: Dict[str, StageSpec] = {}
     final = ctx.final_nerf_step
-    for step in steps_for(ctx.method, ctx.rounds):
+    for step in steps_for(ctx.method, ctx.rounds, ctx.prior):
         if not step.needs_threestudio:
             continue
         argv = step.command(ctx).argv
