@@ -285,3 +285,21 @@ def read_pseudo_views(folder: Union[str, Path]) -> PseudoViewSet:
 
     return PseudoViewSet(folder=folder, images=stack(images), masks=stack(masks), renders=stack(renders),
                          cameras=records, captions=captions)
+
+
+def multiview_sets(azimuth_deg: Sequence[float], n_view: int = 4) -> List[List[int]]:
+    """Indices of the views grouped into sets of ``n_view``, each set spread around the object.
+
+    For the MVDream DreamBooth continued on a pseudo-view set: MVDream learns from ``n_view``
+    views of one object at once. The views are sorted by azimuth and dealt out with a stride
+    (set k takes sorted views k, k + S, k + 2S, ... with S = N // n_view sets), so each set
+    spans the circle about evenly, as MVDream's own 4-view sets do; a remainder of fewer than
+    S views is left out. Each view keeps its own camera.
+    """
+    n = len(azimuth_deg)
+    if n_view < 1 or n < n_view:
+        raise PseudoViewError(f"a pseudo-view set of {n} views cannot make a set of {n_view} views; "
+                              f"stage 2 must write at least {n_view} (data.n_test_views)")
+    order = sorted(range(n), key=lambda i: float(azimuth_deg[i]) % 360.0)
+    sets = n // n_view
+    return [[order[k + j * sets] for j in range(n_view)] for k in range(sets)]
