@@ -17,6 +17,7 @@ NON_DEFAULT = [
     ("--model", "/models/sd", "pretrained_model", "/models/sd"),
     ("--base-model", "mvdream", "base_model", "mvdream"),  # an MVDreamBoothConfig
     ("--param-preservation-weight", "0.5", "param_preservation_weight", 0.5),
+    ("--extra-views", "pseudo_views", "extra_views", "pseudo_views"),  # mvdream: pseudo views as 4-view sets
     ("--identifier", "zwx", "identifier", "zwx"),
     ("--instance-prompt", "a zwx dog", "instance_prompt", "a zwx dog"),
     ("--steps", "40", "max_steps", 40),

@@ -2,6 +2,7 @@
 pseudo views as 4-view sets, and doctor's MVDream rows."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def _argv_value(cmd, flag):
 
 def test_the_mvdream_prior_adds_its_model_and_finetune_and_keeps_stage_2(make_ctx):
     ctx = make_ctx(prior="mvdream")
-    assert [s.name for s in steps_for(ctx.method, ctx.prior)] == MV_ORDER
+    assert [s.name for s in steps_for(ctx.method, prior=ctx.prior)] == MV_ORDER
     assert [s.name for s in steps_for(ctx.method)] == [n for n in MV_ORDER if n not in ("mvdream_model", "mv_finetune")]
     s1, s2, s3 = (get_step(n, ctx.method, ctx.prior).command(ctx) for n in ("stage1", "stage2", "stage3"))
     assert _argv_value(s1, "--config").endswith("dreambooth3d-mvdream-stage1.yaml")
@@ -109,7 +110,7 @@ def test_dry_run_plans_the_mvdream_prior(fake_threestudio, configs, subject, tmp
             "--dry-run", "--preset", "smoke", "--prior", "mvdream"]
     assert run_cli(argv) == 0
     out = capsys.readouterr().out
-    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")] == MV_ORDER
+    assert [line.split(":")[0] for line in out.splitlines() if re.match(r"\w+: (run|skip) \(", line)] == MV_ORDER
     assert "finetune --base-model mvdream" in out and "dreambooth3d-mvdream-stage1.yaml" in out
     assert not (tmp_path / "out" / "models").exists()  # a dry run builds nothing
     assert run_cli(argv + ["--set", "mv_finetune:--lora-rank=4"]) == 0
@@ -156,3 +157,10 @@ def test_doctor_mvdream_rows(tmp_path, monkeypatch):
     rows = doctor.run_checks("smoke", prior="mvdream", gpu=doctor.GpuInfo(False), out=tmp_path)
     assert [r.name for r in rows if r.name.startswith("MVDream")] == ["MVDream model", "MVDream GPU memory"]
     assert not [r for r in doctor.run_checks("smoke", gpu=doctor.GpuInfo(False), out=tmp_path) if "MVDream" in r.name]
+
+
+def test_extra_views_need_the_mvdream_base_model(subject, tmp_path, capsys):
+    argv = ["finetune", "--subject", str(subject), "--class-noun", "dog", "--out", str(tmp_path / "o"),
+            "--extra-views", str(tmp_path / "pseudo")]
+    assert run_cli(argv) == 2
+    assert "--extra-views (pseudo views as 4-view sets) needs --base-model mvdream" in capsys.readouterr().err

@@ -104,6 +104,9 @@ class FinetuneOptions:
     extra_images: Optional[str] = _option(
         "multi-view finetuning: folder of extra images, each with a caption IMAGE_STEM.txt "
         "(e.g. a stage-2 pseudo-view set's images/ folder)", None)
+    extra_views: Optional[str] = _option(
+        "mvdream: a pseudo-view set (stage 2's folder: images/, cameras.json, captions) trained as 4-view sets "
+        "at the cameras the views were rendered from", None)
     init_checkpoint: Optional[str] = _option("continue from this checkpoint (multi-view finetuning)", None)
     mixed_precision: str = _option("autocast dtype; trained weights and optimizer state stay fp32 (default auto: "
                                    "bf16 on a GPU that has it, else fp16; fp32 on a CPU)", "auto",
@@ -158,7 +161,13 @@ class FinetuneOptions:
         if self.base_model == "mvdream":
             from .core.mvdreambooth import MVDreamBoothConfig
 
-            config_cls, more = MVDreamBoothConfig, {"param_preservation_weight": self.param_preservation_weight}
+            config_cls, more = MVDreamBoothConfig, {"param_preservation_weight": self.param_preservation_weight,
+                                                    "extra_views": self.extra_views}
+        elif self.extra_views:
+            from .errors import ConfigError
+
+            raise ConfigError("--extra-views (pseudo views as 4-view sets) needs --base-model mvdream; "
+                              "for Stable Diffusion pass the set's images/ folder as --extra-images")
         return config_cls(
             pretrained_model=self.model,
             subject_dir=self.subject,

@@ -56,6 +56,8 @@ class MVDreamBoothConfig(DreamBoothConfig):
 
     base_model: ClassVar[str] = "mvdream"  # what `finetune --base-model` chose
     param_preservation_weight: float = 1.0
+    # a pseudo-view set (stage 2's folder) trained as 4-view sets at its cameras (run --prior mvdream)
+    extra_views: Optional[str] = None
     param_preservation_norm: str = "l1"
     class_elevation: float = 15.0  # the standard cameras of the class sets
     class_guidance_scale: float = 7.5
@@ -185,6 +187,24 @@ def _accumulate(total, count, deltas, norm):
     return total, count
 
 
+def load_view_sets(folder, resolution: int, n_view: int = NUM_VIEWS) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """A pseudo-view set (stage 2's folder) as ``n_view``-view sets: pixels [S * n_view, 3, R, R] in
+    [-1, 1], MVDream cameras [S * n_view, 16] of the stored c2w, and the views' captions, set by set.
+
+    Sets are spread around the object (:func:`.pseudo_views.multiview_sets`); every view keeps the
+    camera it was rendered from, so the multi-view model learns the subject's views where they are.
+    """
+    from .mvdream import mvdream_camera
+    from .pseudo_views import multiview_sets, read_pseudo_views
+
+    views = read_pseudo_views(folder)
+    order = [i for s in multiview_sets([c["azimuth_deg"] for c in views.cameras], n_view) for i in s]
+    images = views.images[order].permute(0, 3, 1, 2)
+    pixels = F.interpolate(images, (resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    c2w = torch.tensor([views.cameras[i]["c2w"] for i in order], dtype=torch.float32)
+    return pixels * 2.0 - 1.0, mvdream_camera(c2w), [views.captions[i] for i in order]
+
+
 class MVDreamBoothTrainer(DreamBoothTrainer):
     """DreamBooth on a :class:`~.mvdream.MultiViewUNet`: photos at F = 1, class sets at F = 4 (module docstring)."""
 
@@ -230,7 +250,32 @@ class MVDreamBoothTrainer(DreamBoothTrainer):
                            "camera": self.class_cameras[rows], "num_frames": NUM_VIEWS})
         for g in groups:
             g["latents"] = g["latents"] * self.components.vae.config.scaling_factor
+        if self.view_sets:
+            groups.append(self._view_group(generator))
         return {"groups": groups}
+
+    def _cache_inputs(self) -> None:
+        super()._cache_inputs()
+        self.view_sets = 0
+        if self.cfg.extra_views:
+            # the pseudo views: 4-view sets at their own cameras (the continued multi-view DreamBooth)
+            pixels, cameras, captions = load_view_sets(self.cfg.extra_views, self.resolution)
+            self.view_mean, self.view_std = self._encode_pixels(pixels)
+            self.view_cameras = cameras.to(self.device)
+            self.view_ids = self.components.tokenize(captions)
+            if not self.cfg.train_text_encoder:
+                with torch.no_grad():
+                    self.view_emb = self.components.text_encoder(self.view_ids)[0]
+            self.view_sets = len(captions) // NUM_VIEWS
+
+    def _view_group(self, generator: torch.Generator) -> Dict[str, object]:
+        """One pseudo-view set (F = 4, its cameras, each view its caption), scaled latents."""
+        s = int(torch.randint(self.view_sets, (1,), generator=generator))
+        rows = torch.arange(s * NUM_VIEWS, (s + 1) * NUM_VIEWS, device=self.device)
+        eps = torch.randn(self.view_mean[rows].shape, generator=generator).to(self.device)
+        latents = (self.view_mean[rows] + self.view_std[rows] * eps) * self.components.vae.config.scaling_factor
+        return {"kind": "views", "latents": latents, "cond": self._embed(self.view_ids, getattr(self, "view_emb", None), rows),
+                "camera": self.view_cameras[rows], "num_frames": NUM_VIEWS}
 
     def loss(self, batch: Dict[str, object], generator: torch.Generator) -> Dict[str, torch.Tensor]:
         sched, unet = self.components.scheduler, self.components.unet
@@ -250,6 +295,8 @@ class MVDreamBoothTrainer(DreamBoothTrainer):
         out["loss"] = out["instance_loss"]
         if "prior_loss" in out:
             out["loss"] = out["loss"] + self.cfg.prior_loss_weight * out["prior_loss"]
+        if "views_loss" in out:  # the pseudo views are the subject's, as the photos
+            out["loss"] = out["loss"] + out["views_loss"]
         if self.cfg.param_preservation_weight > 0:
             out["param_loss"] = parameter_deviation(self._trained_modules(), self.start_weights,
                                                     self.cfg.param_preservation_norm).to(self.device)
