@@ -6,6 +6,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from threestudio_dreambooth3d.cpu.standin import torchvision_mismatch
+
 BROKEN = 'raise RuntimeError("operator torchvision::nms does not exist")\n'
 
 PROBE = textwrap.dedent("""
@@ -39,11 +43,28 @@ def test_a_torchvision_that_does_not_import_gets_a_stand_in_that_explains_itself
     out = _run(tmp_path, BROKEN)
     assert "installed True" in out and "imported BrokenPackageStandIn" in out
     assert "used: torchvision.functional" not in out  # named by its full module path
-    assert "used: torchvision.transforms.functional.resize is not available: torchvision does not import here " \
-           "(RuntimeError: operator torchvision::nms does not exist)" in out
+    # the import error, or (where the installed metadata already tells) the mismatch
+    assert "used: torchvision.transforms.functional.resize is not available: torchvision does not import here (" in out
+    assert "operator torchvision::nms does not exist" in out or "is a CUDA build" in out or "is built for torch" in out
     assert "pip install torch==2.14.1 torchvision==0.29.1" in out
 
 
+@pytest.mark.skipif(torchvision_mismatch() is not None, reason="this venv's torchvision is hidden by its metadata")
 def test_a_torchvision_that_imports_is_left_alone(tmp_path):
     out = _run(tmp_path, "")
     assert "installed False" in out and "imported module" in out and "used:" not in out
+
+
+@pytest.mark.parametrize("torch, tv, requires, hidden", [
+    ("2.13.0+cpu", "0.28.0", ["torch==2.13.0"], "is a CUDA build"),          # the install command's pair
+    ("2.14.1", "0.28.0", ["torch==2.13.0", "numpy"], "is built for torch 2.13.0"),
+    ("2.14.1", "0.29.1", ["torch==2.14.1"], None),                            # one index: fine
+    ("2.13.0+cpu", "0.28.0+cpu", ["torch==2.13.0"], None),
+])
+def test_a_mismatched_torchvision_is_hidden_from_the_model_libraries(monkeypatch, torch, tv, requires, hidden):
+    import importlib.metadata as md
+
+    monkeypatch.setattr(md, "version", lambda name: {"torch": torch, "torchvision": tv}[name])
+    monkeypatch.setattr(md, "requires", lambda name: requires)
+    why = torchvision_mismatch()
+    assert (why is None) if hidden is None else (hidden in why)

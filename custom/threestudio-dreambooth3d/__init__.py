@@ -31,6 +31,12 @@ if __name__ != CANONICAL_NAME:
 else:
     __version__ = "0.1.0"
 
+    from .cpu.standin import hide_broken_torchvision
+
+    # The install command's CPU torch sits beside PyPI's torchvision, which does not import with it;
+    # hidden, transformers and diffusers use their PIL paths (cpu.compat gives threestudio a stand-in).
+    hide_broken_torchvision()
+
     def register() -> None:
         """Register the threestudio adapters (imports threestudio; idempotent)."""
         from .registration import register as _register

@@ -67,3 +67,41 @@ class StandInFinder:
 
     def exec_module(self, module) -> None:
         pass
+
+
+HIDDEN: dict = {}  # package -> why it was hidden
+
+
+def torchvision_mismatch() -> "str | None":
+    """Why the installed torchvision cannot import beside the installed torch, read from their
+    metadata without importing either (None: no torchvision, or nothing known against it).
+    PyPI's torchvision wheels are CUDA builds for one torch release: beside a ``+cpu`` torch, or
+    another release, their compiled ops fail ("operator torchvision::nms does not exist")."""
+    import importlib.metadata as md
+    import re
+
+    try:
+        tv, torch = md.version("torchvision"), md.version("torch")
+        requires = md.requires("torchvision") or []
+    except md.PackageNotFoundError:
+        return None
+    pinned = next((m.group(1) for r in requires if (m := re.match(r"torch\s*==\s*([^\s;,]+)", r))), None)
+    if pinned and pinned.split("+")[0] != torch.split("+")[0]:
+        return f"torchvision {tv} is built for torch {pinned}, this is torch {torch}"
+    if torch.endswith("+cpu") and not tv.endswith("+cpu"):
+        return f"torchvision {tv} is a CUDA build (PyPI's), this torch {torch} is the CPU build"
+    return None
+
+
+def hide_broken_torchvision() -> None:
+    """Make a torchvision that cannot import look absent (``sys.modules["torchvision"] = None``:
+    ``importlib.util.find_spec`` answers None), so transformers' image processors and diffusers
+    take their paths without it instead of importing it and failing. A working one is untouched."""
+    import sys
+
+    if "torchvision" in sys.modules:
+        return
+    why = torchvision_mismatch()
+    if why:
+        HIDDEN["torchvision"] = why
+        sys.modules["torchvision"] = None  # type: ignore[assignment]
