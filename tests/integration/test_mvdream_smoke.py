@@ -54,3 +54,6 @@ def test_the_multiview_finetunes_trained_the_mvdream_model(mv_smoke):
                  mv_smoke / "multiview_finetune" / "checkpoints" / "multiview"):
         meta = json.loads((ckpt / "dreambooth.json").read_text())
         assert Path(meta["base_model"]) == mv_smoke / "models" / "tiny-mvdream"
+    # the continuation trained on the pseudo views as 4-view sets, not as single captioned images
+    command = json.loads((mv_smoke / "manifest.json").read_text())["steps"]["multiview_finetune"]["inputs"]["command"]
+    assert "--extra-views" in command and "--extra-images" not in command and "mvdream" in command
