@@ -230,6 +230,7 @@ def test_option_values_are_checked_against_the_annotated_types():
     ("finetune", "--no-such-flag=1", "unrecognized arguments: --no-such-flag=1"),
     ("finetune", "--lr=nan", "--lr: nan is not a finite positive learning rate"),
     ("multiview_finetune", "--lora-rank=many", "--lora-rank: invalid int value: 'many'"),
+    ("finetune", "--steps=1", "checkpoint steps"),  # the preset's checkpoints lie beyond it
 ])
 def test_finetune_options_given_to_run_are_parsed_before_any_work(tmp_path, step, option, expected):
     from threestudio_dreambooth3d.errors import ConfigError

@@ -1,6 +1,7 @@
 """Checks before anything slow starts: the photos, the prompt, the configs (the machine: ``doctor``)."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import re
 import tempfile
@@ -81,7 +82,10 @@ def check_finetune_options(ctx: RunContext) -> None:
     for step in steps_for(ctx.method):
         if isinstance(step, Finetune):
             try:
-                FinetuneOptions.parse(step.command(ctx).argv[4:])  # after "python -m ...cli finetune"
+                opts = FinetuneOptions.parse(step.command(ctx).argv[4:])  # after "python -m ...cli finetune"
+                # the trainer's own checks (checkpoint steps within --steps...); the pseudo views a
+                # multi-view finetune reads do not exist yet
+                dataclasses.replace(opts, extra_images=None).dreambooth_config()
             except ConfigError as e:
                 user = " ".join(f"{step.name}:{o}" for o in ctx.overrides.get(step.name, []))
                 raise ConfigError(f"{step.name} options{f' (--set {user})' if user else ''}: {e}") from None
