@@ -128,3 +128,12 @@ def make_ctx(tmp_path, subject, fake_threestudio, configs):
         return RunContext(**opts)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_sd_path):
+    """The tiny SD's components, frozen, loaded once per test module: its VAE is calibrated like
+    SD's (testing.calibrate_vae), the UNet random."""
+    from threestudio_dreambooth3d.core.sd_models import load_sd_components
+
+    return load_sd_components(tiny_sd_path).freeze()

@@ -5,18 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from threestudio_dreambooth3d.core import img2img
-
-from threestudio_dreambooth3d.core import vae
-from threestudio_dreambooth3d.core.sd_models import load_sd_components
+from threestudio_dreambooth3d.core import img2img, vae
 
 STEPS = 20  # DDIM steps; strength 0.05 is then a single step from t = 1
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_sd_path):
-    """The tiny model; its VAE is calibrated like SD's (testing.calibrate_vae), the UNet random."""
-    return load_sd_components(tiny_sd_path).freeze()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""SDS: threestudio's formula by hand, v-prediction, and that SDS pulls toward a model's mode."""
+"""SDS (core/sds.py): threestudio's formula by hand, SJC, HiFA, and that SDS pulls toward a model's mode."""
 from types import SimpleNamespace
 from typing import List
 
@@ -6,41 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from threestudio_dreambooth3d.core import guidance_eval as ge, guidance_math, sds, vae
+from threestudio_dreambooth3d.core import guidance_math, sds, vae
 from threestudio_dreambooth3d.core.sd_models import load_sd_components
 
-PROMPT = "a sks dog"
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_sd_path):
-    return load_sd_components(tiny_sd_path).freeze()
-
-
-def _embeddings(components, prompt=PROMPT, batch_size=1):
-    cond = components.encode_prompts([prompt] * batch_size)
-    uncond = components.encode_prompts([""] * batch_size)
-    return torch.cat([cond, uncond])  # threestudio's (cond, uncond) order
-
-
-class PointMassDenoiser(torch.nn.Module):
-    """The exact noise predictor for data that is a single point: ``mu_cond`` under the
-    prompt, ``mu_uncond`` without it. Its SDS fixed point under threestudio's CFG
-    ``eps_c + s (eps_c - eps_u)`` is ``mu_cond + s (mu_cond - mu_uncond)``."""
-
-    def __init__(self, cond_embedding, mu_cond, mu_uncond, alphas_cumprod, prediction_type="epsilon"):
-        super().__init__()
-        self.cond_embedding, self.mu_cond, self.mu_uncond = cond_embedding, mu_cond, mu_uncond
-        self.alphas_cumprod, self.prediction_type = alphas_cumprod, prediction_type
-        self.config = SimpleNamespace(sample_size=mu_cond.shape[-1])
-
-    def forward(self, x, t, encoder_hidden_states):
-        is_cond = (encoder_hidden_states - self.cond_embedding).abs().flatten(1).amax(1) < 1e-6
-        mu = torch.where(is_cond.view(-1, 1, 1, 1), self.mu_cond, self.mu_uncond)
-        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        a, s = ab.sqrt(), (1 - ab).sqrt()
-        eps = (x - a * mu) / s
-        return a * eps - s * mu if self.prediction_type == "v_prediction" else eps
+from helpers import PointMassDenoiser, cfg_embeddings
 
 
 def run_sds(components, text_embeddings, init_latents, steps, guidance_scale=7.5, lr=0.05, seed=0,
@@ -64,24 +33,12 @@ def run_sds(components, text_embeddings, init_latents, steps, guidance_scale=7.5
     return trajectory
 
 
-def test_step_range_and_timesteps_match_threestudio():
-    assert guidance_math.step_range(1000, 0.02, 0.98) == (20, 980)
-    assert guidance_math.step_range(1000, 0.5, 0.5) == (500, 500)  # sqrt_anneal collapses the range
-    assert guidance_math.step_range(999, 0.02, 0.98) == (19, 979)  # int() truncates like threestudio
-    with pytest.raises(ValueError, match="min_step_percent"):
-        guidance_math.step_range(1000, 0.9, 0.1)
-    t = guidance_math.sample_timesteps(4000, 20, 980, generator=torch.Generator().manual_seed(0))
-    assert t.dtype == torch.long and int(t.min()) == 20 and int(t.max()) == 980  # inclusive bounds
-    again = guidance_math.sample_timesteps(4000, 20, 980, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(t, again)
-
-
 def test_sds_grad_matches_threestudio_formula_by_hand(tiny):
     torch.manual_seed(0)
     latents = torch.randn(2, 4, 16, 16)
     noise = torch.randn_like(latents)
     t = torch.tensor([50, 700])
-    emb = _embeddings(tiny, batch_size=2)
+    emb = cfg_embeddings(tiny, batch_size=2)
     scale = 100.0
     ac = tiny.scheduler.alphas_cumprod
     grad, aux = sds.sds_grad(tiny.unet, latents, emb, t, scale, ac, noise=noise)
@@ -126,21 +83,6 @@ def test_sds_loss_gradient_is_grad_over_batch():
     assert loss.item() == pytest.approx(0.5 * grad.pow(2).sum().item() / 3, rel=1e-5)
 
 
-def test_v_prediction_converts_to_epsilon(tiny):
-    torch.manual_seed(1)
-    x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
-    t = torch.tensor([10, 400, 990])
-    sched = tiny.scheduler
-    x_t = sched.add_noise(x0, eps, t)
-    v = sched.get_velocity(x0, eps, t)  # diffusers' own definition of the v target
-    ac = sched.alphas_cumprod
-    torch.testing.assert_close(guidance_math.to_epsilon(v, x_t, t, ac, "v_prediction"), eps, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(guidance_math.to_epsilon(x0, x_t, t, ac, "sample"), eps, rtol=1e-3, atol=1e-3)
-    assert guidance_math.to_epsilon(eps, x_t, t, ac, "epsilon") is eps
-    with pytest.raises(ValueError, match="prediction_type"):
-        guidance_math.to_epsilon(eps, x_t, t, ac, "flow")
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_sds_converges_to_the_mode_of_an_exact_denoiser(tiny, prediction_type):
     # With the exact denoiser of a point mass the SDS gradient is noise-free:
@@ -149,7 +91,7 @@ def test_sds_converges_to_the_mode_of_an_exact_denoiser(tiny, prediction_type):
     # error moves x elsewhere.
     g = torch.Generator().manual_seed(0)
     mu_c, mu_u = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g)
-    emb = _embeddings(tiny)
+    emb = cfg_embeddings(tiny)
     unet = PointMassDenoiser(emb[:1], mu_c, mu_u, tiny.scheduler.alphas_cumprod, prediction_type)
     model = SimpleNamespace(unet=unet, scheduler=tiny.scheduler, prediction_type=prediction_type)
     scale = 7.5
@@ -164,7 +106,7 @@ def test_sds_converges_to_the_mode_of_an_exact_denoiser(tiny, prediction_type):
 def fit_to_subject(components, subject, steps=100, lr=2e-3, seed=0):
     """Overfit the UNet on one 'subject' latent (cond and uncond rows): a model whose
     mode we know, standing in for a DreamBooth-personalised checkpoint."""
-    emb = _embeddings(components, batch_size=4)
+    emb = cfg_embeddings(components, batch_size=4)
     ac = components.scheduler.alphas_cumprod
     unet = components.unet.requires_grad_(True).train()
     opt = torch.optim.Adam(unet.parameters(), lr=lr)
@@ -186,13 +128,14 @@ def tiny_fitted_to_subject(tiny_sd_path):
     return fit_to_subject(load_sd_components(tiny_sd_path), subject), subject
 
 
-@pytest.mark.slow  # ~7 s alone: 100 fitting steps of the tiny UNet
+@pytest.mark.slow
+@pytest.mark.full  # statistical, ~7 s alone: 100 fitting steps of the tiny UNet
 def test_sds_pulls_the_tiny_model_toward_its_subject(tiny_fitted_to_subject, tiny):
     comps, subject = tiny_fitted_to_subject
     control = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(7))
     init = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(10))
 
-    traj = run_sds(comps, _embeddings(comps), init, steps=60)
+    traj = run_sds(comps, cfg_embeddings(comps), init, steps=60)
     dist = torch.stack([(x - subject).norm() for x in traj])
     ctrl = torch.stack([(x - control).norm() for x in traj])
     checkpoints = dist[::10]
@@ -202,7 +145,7 @@ def test_sds_pulls_the_tiny_model_toward_its_subject(tiny_fitted_to_subject, tin
     assert dist[-1] / dist[0] < ctrl[-1] / ctrl[0] - 0.1
 
     # the untrained model has no such pull: the same run barely moves toward the subject
-    base = run_sds(tiny, _embeddings(tiny), init, steps=60)
+    base = run_sds(tiny, cfg_embeddings(tiny), init, steps=60)
     assert (base[-1] - subject).norm() > 0.95 * dist[0]
 
 
@@ -210,7 +153,7 @@ def test_score_distillation_from_pixels_backpropagates_to_the_render(tiny):
     # threestudio renders small (64) and upsamples to the model resolution (512) before
     # the VAE; the tiny model's resolution is 32.
     rgb = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    emb = _embeddings(tiny, batch_size=2)
+    emb = cfg_embeddings(tiny, batch_size=2)
     out = sds.score_distillation(tiny, rgb, emb, sds.SDSConfig(guidance_scale=100.0),
                                  generator=torch.Generator().manual_seed(0))
     assert out["latents"].shape == (2, 4, 16, 16)
@@ -223,20 +166,8 @@ def test_score_distillation_from_pixels_backpropagates_to_the_render(tiny):
     assert out["grad_norm"] == pytest.approx(out["grad"].norm().item())
 
 
-def test_encode_upsamples_to_model_resolution_and_decode_inverts_layout(tiny):
-    img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    lat = vae.encode_images(tiny.vae, img, tiny.resolution, sample=False)
-    up = F.interpolate(img, (32, 32), mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        ref = tiny.vae.encode(up * 2 - 1).latent_dist.mode() * tiny.vae.config.scaling_factor
-    torch.testing.assert_close(lat.detach(), ref)
-    dec = vae.decode_latents(tiny.vae, lat.detach())
-    assert dec.shape == (1, 3, 32, 32) and 0 <= dec.min() and dec.max() <= 1
-    with torch.no_grad():
-        ref_dec = (tiny.vae.decode(ref / tiny.vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1)
-    torch.testing.assert_close(dec, ref_dec)
-
-
+@pytest.mark.slow
+@pytest.mark.full  # statistical: SDS steps from noise, compared by distance to the subject
 def test_sds_pulls_toward_the_subject_the_model_was_personalised_on(personalised, tiny_sd_path, subject_latents):
     """Real DreamBooth, real SDS: from the same start, SDS with the DreamBooth 'full'
     checkpoint and "a sks dog" moves the image toward the subject photos; the base model
@@ -248,7 +179,7 @@ def test_sds_pulls_toward_the_subject_the_model_was_personalised_on(personalised
 
     def final_distance(checkpoint):
         comps = load_sd_components(tiny_sd_path, checkpoint=checkpoint).freeze()
-        traj = run_sds(comps, _embeddings(comps, "a sks dog", batch_size=2), init, steps=150, guidance_scale=1.0, lr=0.02)
+        traj = run_sds(comps, cfg_embeddings(comps, "a sks dog", batch_size=2), init, steps=150, guidance_scale=1.0, lr=0.02)
         return latent_distance_to_subject(traj[-1], subject_latents)
 
     start = latent_distance_to_subject(init, subject_latents)
@@ -256,37 +187,6 @@ def test_sds_pulls_toward_the_subject_the_model_was_personalised_on(personalised
     base_end = final_distance(None)
     assert personalised_end < 0.9 * start
     assert personalised_end < 0.85 * base_end
-
-
-# -- Perp-Neg, HiFA image loss, SJC, autocast, guidance_eval (threestudio's guidance options) --
-
-def test_perpendicular_component_by_hand():
-    x = torch.tensor([[1.0, 1.0], [3.0, 4.0], [2.0, -1.0]]).view(3, 2, 1, 1)
-    y = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]).view(3, 2, 1, 1)
-    out = guidance_math.perpendicular_component(x, y).view(3, 2)
-    # (1,1) minus its projection on (1,0); (3,4) on (0,2); a zero y leaves x unchanged (1e-6 floor, no NaN)
-    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0], [3.0, 0.0], [2.0, -1.0]]))
-
-
-def _rows(*vectors):
-    return torch.tensor(vectors, dtype=torch.float32).view(len(vectors), 2, 1, 1)
-
-
-def test_perp_neg_guidance_by_hand():
-    # B = 2 items, K = 2 negatives each; rows: pos (2), uncond (2), neg (item0: k0,k1, item1: k0,k1)
-    noise_pred = _rows([3, 1], [0, 5],  # pos
-                       [1, 1], [0, 1],  # uncond
-                       [1, 3], [2, 2],  # item 0 negatives
-                       [7, 1], [0, 9])  # item 1 negatives
-    weights = torch.tensor([[-0.5, -2.0], [1.0, 0.25]])
-    out = guidance_math.perp_neg_guidance(noise_pred, weights, guidance_scale=10.0).view(2, 2)
-    # item 0: e_pos = (2,0); e_0 = (0,2) -> perp (0,2); e_1 = (1,1) -> perp (0,1)
-    #         eps = (1,1) + 10 * ((2,0) - 0.5 (0,2) - 2 (0,1)) = (21, -29)
-    # item 1: e_pos = (0,4); e_0 = (7,0) -> perp (7,0); e_1 = (0,8) -> perp (0,0)
-    #         eps = (0,1) + 10 * ((0,4) + 1 (7,0) + 0.25 (0,0)) = (70, 41)
-    torch.testing.assert_close(out, torch.tensor([[21.0, -29.0], [70.0, 41.0]]))
-    with pytest.raises(ValueError, match=r"cat\(\[pos, uncond, neg\]\) = 8 rows"):
-        guidance_math.perp_neg_guidance(noise_pred[:6], weights, 10.0)
 
 
 class EmbeddingUNet(torch.nn.Module):
@@ -353,7 +253,7 @@ def test_hifa_image_grad_by_hand():
 
 def test_score_distillation_image_loss_is_hifa_on_the_decoded_estimate(tiny):
     rgb = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    emb = _embeddings(tiny, batch_size=2)
+    emb = cfg_embeddings(tiny, batch_size=2)
     t = torch.tensor([300, 700])
     cfg = sds.SDSConfig(guidance_scale=100.0, use_img_loss=True, grad_clip=5.0)
     out = sds.score_distillation(tiny, rgb, emb, cfg, t=t, generator=torch.Generator().manual_seed(0))
@@ -379,7 +279,7 @@ def test_unet_and_vae_run_with_autocast_off(tiny):
              for m in (tiny.unet, tiny.vae.decoder, tiny.vae.encoder)]
     try:
         rgb = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(0))
-        emb, t = _embeddings(tiny), torch.tensor([500])
+        emb, t = cfg_embeddings(tiny), torch.tensor([500])
         cfg = sds.SDSConfig(use_img_loss=True)
         ref = sds.score_distillation(tiny, rgb, emb, cfg, t=t, generator=torch.Generator().manual_seed(1))
         dtypes.clear()
@@ -391,34 +291,3 @@ def test_unet_and_vae_run_with_autocast_off(tiny):
     assert len(dtypes) == 3 and set(dtypes) == {torch.float32}, dtypes  # encoder, UNet, decoder
     torch.testing.assert_close(out["grad"], ref["grad"])
     torch.testing.assert_close(out["loss_sds_img"], ref["loss_sds_img"])
-
-
-def test_guidance_eval_denoises_to_the_model_mode(tiny):
-    # With the exact denoiser of a point mass, one DDIM step's x0 prediction and the full
-    # denoising both land on the guided mode x* = mu_c + s (mu_c - mu_u)
-    from diffusers import DDIMScheduler
-
-    g = torch.Generator().manual_seed(0)
-    mu_c, mu_u = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 16, 16, generator=g)
-    emb = _embeddings(tiny, batch_size=3)
-    unet = PointMassDenoiser(emb[:1], mu_c, mu_u, tiny.scheduler.alphas_cumprod)
-    model = SimpleNamespace(unet=unet, vae=tiny.vae, scheduler=tiny.scheduler, prediction_type="epsilon")
-    scale = 2.0
-    target = mu_c + scale * (mu_c - mu_u)
-    latents = torch.randn(3, 4, 16, 16, generator=g)
-    t = torch.tensor([481, 941, 101])  # on the DDIM(50) grid, so the one-step x0 estimate is exact too
-    grad, aux = sds.sds_grad(unet, latents, emb, t, scale, tiny.scheduler.alphas_cumprod, noise=torch.randn_like(latents))
-    out = ge.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=2)
-    assert out["bs"] == 2 and set(out) >= {"imgs_noisy", "imgs_1step", "imgs_1orig", "imgs_final", "noise_levels"}
-    # DDIM(50) timesteps are 981, 961, ..., 1: resume at the first one <= t
-    assert out["noise_levels"] == pytest.approx([0.481, 0.941])
-    idx = ge.eval_timesteps(DDIMScheduler.from_config(tiny.scheduler.config), torch.tensor([500, 960, 100, 981]))
-    assert idx.tolist() == [25, 2, 45, 0]
-    want = vae.decode_latents(tiny.vae, target).permute(0, 2, 3, 1).expand(2, -1, -1, -1)
-    for key in ("imgs_1orig", "imgs_final"):
-        assert out[key].shape == (2, 32, 32, 3)
-        torch.testing.assert_close(out[key], want, atol=2e-3, rtol=0)
-    noisy = vae.decode_latents(tiny.vae, aux["latents_noisy"][:2]).permute(0, 2, 3, 1)
-    torch.testing.assert_close(out["imgs_noisy"], noisy)
-    assert (out["imgs_1step"] - want).abs().mean() > 1e-2  # one step is not yet the end
-    assert ge.guidance_eval(model, t, emb, aux["latents_noisy"], aux["noise_pred"], scale, max_items=-1)["bs"] == 3

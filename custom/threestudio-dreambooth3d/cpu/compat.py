@@ -194,10 +194,10 @@ def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bo
            register_adapters: bool = True) -> None:
     """Make threestudio importable and runnable here, import it, register our adapters.
 
-    ``threestudio_root`` (or $THREESTUDIO_ROOT, else the installed package: the one locator,
-    :func:`~..environment.threestudio_root.locate_threestudio`) is put on ``sys.path`` when
-    threestudio is not an installed package. Missing CUDA extensions get stand-ins on any
-    machine; ``cpu`` (default: no GPU visible) adds the CPU patches. Raises
+    ``threestudio_root`` (or $THREESTUDIO_ROOT, else the importable package: the one locator,
+    :func:`~..environment.threestudio_root.locate_threestudio`) is the threestudio imported: put
+    first on ``sys.path`` unless it is the importable one already. Missing CUDA extensions get
+    stand-ins on any machine; ``cpu`` (default: no GPU visible) adds the CPU patches. Raises
     :class:`ThreestudioNotFoundError` (an ImportError) naming the fix when threestudio is not
     found or a given folder is not a threestudio checkout. ``register_adapters=False`` leaves
     registration to launch.py's loading of ``custom/`` (a test of that path).
@@ -211,8 +211,11 @@ def enable(threestudio_root: Optional[Union[str, Path]] = None, cpu: Optional[bo
     if cpu and torch.cuda.is_available():
         log.warning("threestudio in CPU mode on a machine with a GPU: it will run on the CPU")
     root = locate_threestudio(threestudio_root, need_launch=False, explicit_flag="--threestudio-root")
-    if str(root) not in sys.path and importlib.util.find_spec("threestudio") is None:
+    spec = importlib.util.find_spec("threestudio")
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().parents[1] != root:
+        # the threestudio asked for is the one imported, even when another is on PYTHONPATH or installed
         sys.path.insert(0, str(root))
+        importlib.invalidate_caches()
     stand_ins = install_stand_ins()
     from . import nerfacc as nerfacc_cpu
     from . import nvdiffrast as nvdiffrast_cpu
