@@ -154,10 +154,10 @@ def test_browser_upload_run_restart_resume_download(threestudio, tmp_path):
             page.wait_for_selector("#pseudo_views img", timeout=60_000)
             page.wait_for_selector("#turntable video", timeout=60_000)
             page.wait_for_selector("#mesh canvas", timeout=60_000)
-            glb_urls = [u for u in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
-                        if u.endswith(".glb")]
-            assert glb_urls, "the 3D viewer never loaded a .glb"
-            glb = page.request.get(glb_urls[-1])
+            # the viewer's own link to the file it shows
+            glb_url = page.locator("#mesh a[download]").first.get_attribute("href")
+            assert glb_url.endswith("/model.glb"), glb_url
+            glb = page.request.get(glb_url)
             assert glb.ok and glb.body()[:4] == b"glTF"
             href = page.locator("#download a").first.get_attribute("href")
             zipped = page.request.get(href if href.startswith("http") else server.url.rstrip("/") + href)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     out_root = Path(args.out_root).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     # uploads land under the out-root too, so nothing outside it is served; no analytics calls
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(out_root / ".uploads"))
+    os.environ["GRADIO_TEMP_DIR"] = str(out_root / ".uploads")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
