@@ -50,7 +50,8 @@ FAKE_RUN = textwrap.dedent(r'''
                     sys.exit(2)
                 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
                 (out / "child.pid").write_text(str(child.pid))
-                while not (out / "go").exists():
+                deadline = time.time() + 120  # a broken stop leaves no process behind for long
+                while not (out / "go").exists() and time.time() < deadline:
                     time.sleep(0.05)
                 child.kill()
             data["steps"][name] = {"status": "done", "outputs": {k: result(v) for k, v in outputs.items()}}; save()
