@@ -1,5 +1,5 @@
 """How the package writes and reads small things: folder names from prompts, the subject's
-identifier in a prompt, timestamps and durations. Torch-free."""
+identifier in a prompt, file-name order, timestamps and durations. Torch-free."""
 from __future__ import annotations
 
 import hashlib
@@ -29,6 +29,11 @@ def remove_identifier(prompt: str, identifier: str) -> str:
     if not identifier:
         return " ".join(prompt.split())
     return " ".join(re.sub(identifier_pattern(identifier), " ", prompt).split())
+
+
+def natural_key(text: str) -> list:
+    """Sort key putting "frame_2" before "frame_10" (digit runs compare as numbers)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(text))]
 
 
 def now_iso() -> str:

@@ -1,8 +1,10 @@
 """Images as the package draws them: renders and photos to uint8 arrays, an evenly spaced pick
-of a turntable's frames, and the one contact-sheet builder (pseudo-view sets, eval's view grid)."""
+of a turntable's frames, the one contact-sheet builder (pseudo-view sets, eval's view grid) and
+the one animated-GIF writer (summary.html's and the sweep report's turntables)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, TypeVar, Union
 
 import numpy as np
@@ -101,3 +103,11 @@ def make_contact_sheet(images: ImagesLike, labels: Optional[Sequence[str]] = Non
                 draw.text((2, label_height // 2 + 1), mark, fill=(200, 0, 0))
             sheet.paste(strip, (x, y + h))
     return sheet
+
+
+def save_gif(frames: Sequence["Image.Image"], path: Union[str, Path], frame_ms: int) -> Path:
+    """``frames`` as an animated GIF that loops forever, ``frame_ms`` per frame."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=frame_ms, loop=0)
+    return path

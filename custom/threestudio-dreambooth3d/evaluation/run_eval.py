@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import EvalInputError
-from ..formats import has_identifier, remove_identifier
+from ..formats import has_identifier, natural_key, remove_identifier
 from ..core.subject import IMAGE_EXTENSIONS, list_subject_images, load_image
 from . import DEFAULT_CLIP_MODELS
 from . import DEFAULT_DINO_MODEL
@@ -73,11 +73,6 @@ class EvalConfig:
     grid_max_views: int = 24
     grid_thumb: int = 128
     show_warnings: bool = False  # -v: third-party warnings on the terminal as well as in eval.log
-
-
-def _natural_key(path: Path):
-    # threestudio names frames 0.png ... 119.png: order them as numbers
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(path))]
 
 
 def read_run_info(run_dir: Union[str, Path]) -> Dict:
@@ -156,7 +151,7 @@ def list_views(views: Union[str, Path]) -> List[Path]:
         where = f"glob {spec!r}"
     else:
         raise EvalInputError(f"Views {spec} do not exist. Pass a folder of rendered PNG frames or a glob such as 'save/it*-test/*.png'.")
-    files = sorted((p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.name != GRID_PNG), key=_natural_key)
+    files = sorted((p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and p.name != GRID_PNG), key=natural_key)
     if not files:
         raise EvalInputError(
             f"No rendered views ({', '.join(IMAGE_EXTENSIONS)}) in {where}. Point --views at the turntable "

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import List, Optional
 
+from ..formats import natural_key
 from ..fs import raise_if_disk_full
 from ..errors import MissingOutputError
 
@@ -31,22 +32,21 @@ def turntable_preview(frames_dir: Path, dst: Path) -> Optional[Path]:
     slow enough to watch however few frames there are; None when the folder has no frames."""
     from PIL import Image
 
-    frames = sorted(Path(frames_dir).glob("*.png"), key=lambda p: [int(t) if t.isdigit() else t
-                                                                    for t in re.split(r"(\d+)", p.name)])
+    from ..core.images import evenly_spaced, save_gif
+
+    frames = sorted(Path(frames_dir).glob("*.png"), key=lambda p: natural_key(p.name))
     if not frames:
         return None
-    step = max(1, -(-len(frames) // PREVIEW_MAX_FRAMES))
     images = []
-    for path in frames[::step]:
+    for path in evenly_spaced(frames, PREVIEW_MAX_FRAMES):
         with Image.open(path) as im:
             img = im.convert("RGB")
         if img.height > PREVIEW_MAX_HEIGHT:
             img = img.resize((round(img.width * PREVIEW_MAX_HEIGHT / img.height), PREVIEW_MAX_HEIGHT))
         images.append(img)
     duration_ms = max(1000 // 30, round(1000 * PREVIEW_LOOP_S / len(images)))
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        images[0].save(dst, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+        save_gif(images, dst, duration_ms)
     except OSError as e:
         raise_if_disk_full(e, dst)
         raise

@@ -176,13 +176,11 @@ def _turntable(result: CellResult, path: Path) -> Optional[Path]:
         return None
     from PIL import Image
 
-    from ..core.images import evenly_spaced
+    from ..core.images import evenly_spaced, save_gif
     from ..evaluation.run_eval import load_view  # one place for the rgb-panel crop
 
     frames = [load_view(f).resize((THUMB, THUMB), Image.BICUBIC) for f in evenly_spaced(files, TURNTABLE_FRAMES)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
-    return path
+    return save_gif(frames, path, FRAME_MS)
 
 
 def cell_scores(result: CellResult, columns: Sequence[Tuple[str, str]]) -> List[Tuple[str, float]]:
