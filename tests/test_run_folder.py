@@ -201,7 +201,7 @@ def test_the_smoke_disk_check_asks_for_what_a_smoke_run_writes(tmp_path, monkeyp
     from threestudio_dreambooth3d.environment import doctor
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, 590 * 10**6))  # a smoke run wrote 583 MB
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, 25 * 10**6))  # a smoke run writes 27 MB
     row = doctor.check_disk(tmp_path, doctor.MIN_FREE_BYTES["smoke"])
     assert row.status == doctor.MISSING and "free some space" in row.fix
 
@@ -373,3 +373,11 @@ def test_the_embedding_cache_key_follows_the_text_encoders_content(tmp_path):
     (ckpt / "dreambooth.json").write_text(json.dumps({"weights": {"text_encoder": [{"kind": "full",
                                                                                      "file": "text_encoder.safetensors"}]}}))
     assert text_encoder_key(model, ckpt) != key
+
+
+def test_the_disk_estimate_leaves_a_bad_finetune_option_to_the_runs_own_check():
+    from threestudio_dreambooth3d.environment import doctor
+
+    need, _ = doctor.run_disk_need("default", "stabilityai/stable-diffusion-2-1-base", ["--no-such-flag=1"],
+                                   cached=lambda m: None)
+    assert need == doctor.run_disk_need("default", "stabilityai/stable-diffusion-2-1-base", [], cached=lambda m: None)[0]

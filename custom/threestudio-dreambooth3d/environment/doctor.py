@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..cpu.standin import importable
+from ..errors import ConfigError
 
 # the threestudio commit the threestudio tier and the smoke run were tested on (README)
 from .fetch import TESTED_THREESTUDIO_COMMIT  # noqa: F401  (re-exported: the commit doctor compares against)
@@ -33,9 +34,9 @@ IMPORT_NAMES = {
     "libigl": "igl", "taming-transformers-rom1504": "taming", "ipython": "IPython", "pillow": "PIL",
 }
 # bytes a run writes (checkpoints, class images, videos). smoke: measured, `du -sh OUT` after
-# `run --preset smoke` = 583 MB (two 289 MB Lightning checkpoints of stages 1 and 3), plus a margin
+# `run --preset smoke` = 27 MB (two 12 MB Lightning checkpoints of stages 1 and 3), plus a margin
 # a CPU preset's run, measured; a GPU run's need is counted from its finetune mode and model (run_disk_need)
-MIN_FREE_BYTES = {"smoke": 700 << 20}
+MIN_FREE_BYTES = {"smoke": 100 << 20}
 # what a default run writes besides the finetunes: class images, NeRF checkpoints, videos, pseudo views, mesh
 OTHER_OUTPUTS_BYTES = 1 << 30
 
@@ -319,7 +320,7 @@ def run_disk_need(preset: str, model: Optional[str] = "", finetune_args: Sequenc
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             opts = FinetuneOptions.parse(required + list(finetune_args))
-    except SystemExit:  # a bad --set finetune option: the run's own checks name it; size without it
+    except (SystemExit, ConfigError):  # a bad --set finetune option: the run's own checks name it; size without it
         opts = FinetuneOptions.parse(required)
     params, source = model_params(p.model if model == "" else model, cached)
     state = training_bytes(params, opts.mode, opts.train_text_encoder, amp=True, use_8bit_adam=opts.use_8bit_adam,
