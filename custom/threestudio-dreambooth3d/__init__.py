@@ -31,11 +31,11 @@ if __name__ != CANONICAL_NAME:
 else:
     __version__ = "0.1.0"
 
-    from .cpu.standin import hide_broken_torchvision
+    from .cpu.standin import let_torchvision_import_without_its_ops
 
-    # The install command's CPU torch sits beside PyPI's torchvision, which does not import with it;
-    # hidden, transformers and diffusers use their PIL paths (cpu.compat gives threestudio a stand-in).
-    hide_broken_torchvision()
+    # The install command's CPU torch sits beside PyPI's torchvision (a CUDA build, pulled in by
+    # threestudio's requirements), whose import would fail: its Python parts import (see cpu.standin).
+    let_torchvision_import_without_its_ops()
 
     def register() -> None:
         """Register the threestudio adapters (imports threestudio; idempotent)."""

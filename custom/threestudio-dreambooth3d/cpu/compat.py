@@ -40,7 +40,7 @@ from typing import List, Optional, Union
 import torch
 
 from ..environment.threestudio_root import locate_threestudio
-from .standin import HIDDEN, StandIn, StandInFinder, importable
+from .standin import StandIn, StandInFinder, importable
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def install_torchvision_stand_in() -> bool:
         importlib.import_module("torchvision")
         return False
     except Exception as e:  # ImportError, or RuntimeError from a build for another torch
-        why = (f"torchvision does not import here ({HIDDEN['torchvision']})" if "torchvision" in HIDDEN else
-               f"torchvision does not import here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        why = f"torchvision does not import here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]  # the half-imported broken package
     sys.meta_path.insert(0, StandInFinder(

@@ -69,39 +69,55 @@ class StandInFinder:
         pass
 
 
-HIDDEN: dict = {}  # package -> why it was hidden
-
-
 def torchvision_mismatch() -> "str | None":
-    """Why the installed torchvision cannot import beside the installed torch, read from their
-    metadata without importing either (None: no torchvision, or nothing known against it).
-    PyPI's torchvision wheels are CUDA builds for one torch release: beside a ``+cpu`` torch, or
-    another release, their compiled ops fail ("operator torchvision::nms does not exist")."""
+    """Why the installed torchvision's compiled ops cannot load beside the installed torch, read from
+    their metadata without importing either (None: no torchvision, or nothing known against it):
+    PyPI's torchvision wheels are CUDA builds, and beside the CPU torch wheel (``+cpu``) their ops
+    library does not load."""
     import importlib.metadata as md
-    import re
 
     try:
         tv, torch = md.version("torchvision"), md.version("torch")
-        requires = md.requires("torchvision") or []
     except md.PackageNotFoundError:
         return None
-    pinned = next((m.group(1) for r in requires if (m := re.match(r"torch\s*==\s*([^\s;,]+)", r))), None)
-    if pinned and pinned.split("+")[0] != torch.split("+")[0]:
-        return f"torchvision {tv} is built for torch {pinned}, this is torch {torch}"
     if torch.endswith("+cpu") and not tv.endswith("+cpu"):
         return f"torchvision {tv} is a CUDA build (PyPI's), this torch {torch} is the CPU build"
     return None
 
 
-def hide_broken_torchvision() -> None:
-    """Make a torchvision that cannot import look absent (``sys.modules["torchvision"] = None``:
-    ``importlib.util.find_spec`` answers None), so transformers' image processors and diffusers
-    take their paths without it instead of importing it and failing. A working one is untouched."""
+# torchvision registers fake kernels for these two ops whether or not its compiled ops loaded
+# (torchvision/_meta_registrations.py), so without them its import fails: "operator torchvision::nms
+# does not exist". Declared here (no kernel), torchvision imports with its Python parts (transforms,
+# models); calling nms raises torchvision's own "Couldn't load custom C++ ops".
+_UNCONDITIONAL_OPS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                      "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+_KEEP: list = []  # a torch.library.Library drops its definitions when collected
+
+
+class TorchvisionWithoutOps:
+    """A meta-path finder that, the first time torchvision is looked for, declares the op schemas its
+    import needs when its compiled ops cannot load here (:func:`torchvision_mismatch`), then steps
+    aside: the real torchvision is found and imported as usual."""
+
+    def find_spec(self, name, path=None, target=None):
+        import sys
+
+        if name != "torchvision":
+            return None
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]  # decided once
+        if torchvision_mismatch():
+            import torch
+
+            lib = torch.library.Library("torchvision", "FRAGMENT")
+            for schema in _UNCONDITIONAL_OPS:
+                lib.define(schema)
+            _KEEP.append(lib)
+        return None
+
+
+def let_torchvision_import_without_its_ops() -> None:
+    """Install :class:`TorchvisionWithoutOps` unless torchvision is already imported (cheap: no import)."""
     import sys
 
-    if "torchvision" in sys.modules:
-        return
-    why = torchvision_mismatch()
-    if why:
-        HIDDEN["torchvision"] = why
-        sys.modules["torchvision"] = None  # type: ignore[assignment]
+    if "torchvision" not in sys.modules and not any(isinstance(f, TorchvisionWithoutOps) for f in sys.meta_path):
+        sys.meta_path.insert(0, TorchvisionWithoutOps())
