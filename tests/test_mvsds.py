@@ -96,11 +96,10 @@ def test_gradient_equals_the_original_formula_by_hand(recon, rescale):
 
 
 @pytest.fixture(scope="module")
-def tiny_mv(tmp_path_factory):
+def tiny_mv(tiny_mvdream_path):
     from threestudio_dreambooth3d.core.sd_models import load_sd_components
-    from threestudio_dreambooth3d.tiny_models.mvdream import build_tiny_mvdream
 
-    return load_sd_components(build_tiny_mvdream(tmp_path_factory.mktemp("models") / "tiny-mvdream")).freeze()
+    return load_sd_components(tiny_mvdream_path).freeze()
 
 
 @pytest.mark.parametrize("recon", [True, False])
