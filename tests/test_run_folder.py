@@ -381,3 +381,29 @@ def test_the_disk_estimate_leaves_a_bad_finetune_option_to_the_runs_own_check():
     need, _ = doctor.run_disk_need("default", "stabilityai/stable-diffusion-2-1-base", ["--no-such-flag=1"],
                                    cached=lambda m: None)
     assert need == doctor.run_disk_need("default", "stabilityai/stable-diffusion-2-1-base", [], cached=lambda m: None)[0]
+
+
+def test_a_step_command_dies_with_a_killed_run(tmp_path):
+    """kill -9 of `run` releases the folder's lock: its step's command must not write on."""
+    import signal
+
+    code = ("import sys\nfrom pathlib import Path\nfrom threestudio_dreambooth3d.pipeline.commands import Command\n"
+            "from threestudio_dreambooth3d.pipeline.runner import execute\ntmp = Path(sys.argv[1])\n"
+            "child = 'import os, time; open(' + repr(str(tmp / 'pid')) + ', \"w\").write(str(os.getpid())); time.sleep(300)'\n"
+            "execute(Command([sys.executable, '-c', child], cwd=tmp, log_name='stage1'), tmp / 'stage1.log')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    child = int((tmp_path / "pid").read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            os.kill(child, 9)

@@ -94,13 +94,14 @@ def execute(cmd: Command, log_path: Path, console: Optional[Console] = None) -> 
 
 def _own_group_dying_with_parent() -> None:
     """In the child before exec: its own process group (so Ctrl-C/SIGTERM handling can stop it
-    with everything it started), and SIGTERM if this process dies without stopping it (Linux)."""
+    with everything it started), and SIGKILL the moment this process dies without stopping it
+    (``kill -9``; Linux): its folder's lock is gone then, and a next run must not meet it writing."""
     os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
 
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
 
