@@ -84,8 +84,9 @@ def fetch_threestudio(url: Optional[str] = None, commit: Optional[str] = None,
             except subprocess.TimeoutExpired:
                 raise _fetch_failed(url, commit, f"no answer within {GIT_TIMEOUT_S} s") from None
             if proc.returncode != 0:
-                lines = [l for l in (proc.stderr or proc.stdout).splitlines() if l.strip()]
-                raise _fetch_failed(url, commit, lines[-1].strip() if lines else f"git {args[0]} exit {proc.returncode}")
+                lines = [l.strip() for l in (proc.stderr or proc.stdout).splitlines() if l.strip()]
+                fatal = [l for l in lines if l.startswith(("fatal:", "error:"))]  # git's reason, not its advice
+                raise _fetch_failed(url, commit, (fatal or lines or [f"git {args[0]} exit {proc.returncode}"])[0])
         if not (tmp / "launch.py").is_file() or not (tmp / "threestudio" / "__init__.py").is_file():
             raise _fetch_failed(url, commit, "the commit has no launch.py and threestudio/__init__.py: not threestudio")
         (tmp / _DONE).write_text(f"{url}\n{commit}\n")
