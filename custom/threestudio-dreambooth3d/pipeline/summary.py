@@ -84,7 +84,8 @@ class Page:
 
 EVAL_TITLE = "Evaluation"
 EVAL_BEGIN, EVAL_END = "<!--eval-->", "<!--/eval-->"  # `dreambooth3d eval --run OUT` rewrites this part
-NOT_EVALUATED = "Not evaluated yet: `dreambooth3d eval --run OUT --subject PHOTOS --prompt PROMPT` adds the scores here."
+NOT_EVALUATED = ("Not evaluated yet: `dreambooth3d eval --run OUT` adds the scores here (`--tiny`: tiny models built offline, "
+                 "no download; a set-up check).")
 
 
 def _scores(results: Dict[str, Any]) -> List[List[str]]:
