@@ -188,3 +188,11 @@ def test_help_never_imports_torch(command):
             assert name in r.stdout, (name, r.stdout)
     else:
         assert f"dreambooth3d {command}" in r.stdout
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports test files by basename (no __init__.py): a second tests/**/test_x.py is a
+    collection error of the whole run, not of that file."""
+    tests = Path(__file__).resolve().parent
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
