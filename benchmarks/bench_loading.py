@@ -10,7 +10,10 @@ the model, ``--models-dir``):
 
 * seconds: ``load_sd_components`` (+ embedding 4 prompts for the prompt processor);
 * peak RSS: the process's ``VmHWM`` minus its RSS after the imports, i.e. what loading added at
-  its peak; resident after: RSS once loading is done (the freed text encoder gone).
+  its peak; resident after: RSS once loading is done (the freed text encoder gone). diffusers
+  keeps safetensors weights memory-mapped, so RSS counts the UNet and VAE only as far as they
+  were read: "weights loaded" is the bytes of every tensor loaded (before the guidance freed its
+  text encoder), what they take in RAM once used (or VRAM once moved to the GPU).
 
     python benchmarks/bench_loading.py --model tiny --repeats 5
     python benchmarks/bench_loading.py --model sd21-random --repeats 2
@@ -78,16 +81,24 @@ def child(user: str, how: str, model: str, checkpoint: str) -> dict:
     t0 = time.perf_counter()
     if user == "prompt":
         comps = load_sd_components(model, checkpoint=checkpoint, parts=PARTS if how == "all" else TEXT_PARTS)
+        held = weight_bytes(comps)
         with torch.no_grad():
             comps.encode_prompts(PROMPTS, "cpu")
     else:
         comps = load_sd_components(model, checkpoint=checkpoint, parts=PARTS if how == "all" else DENOISING_PARTS)
+        held = weight_bytes(comps)
         comps.text_encoder = comps.tokenizer = None  # what the guidance did before
         gc.collect()
     seconds = time.perf_counter() - t0
     common._malloc_trim()
     return {"seconds": seconds, "peak_added": common._rss_bytes("VmHWM") - start_rss,
-            "resident_after": common._rss_bytes("VmRSS") - start_rss}
+            "resident_after": common._rss_bytes("VmRSS") - start_rss, "weights_held": held}
+
+
+def weight_bytes(comps) -> int:
+    """Bytes of every loaded tensor: the host RAM the weights take once touched (diffusers keeps
+    safetensors weights memory-mapped, so RSS counts only the pages read so far)."""
+    return sum(t.numel() * t.element_size() for m in comps.modules() for t in [*m.parameters(), *m.buffers()])
 
 
 def main(argv=None) -> dict:
@@ -119,11 +130,13 @@ def main(argv=None) -> dict:
         results[name] = {"seconds": statistics.median(x["seconds"] for x in runs),
                          "seconds_range": [min(x["seconds"] for x in runs), max(x["seconds"] for x in runs)],
                          "peak_added_bytes": statistics.median(x["peak_added"] for x in runs),
-                         "resident_after_bytes": statistics.median(x["resident_after"] for x in runs)}
+                         "resident_after_bytes": statistics.median(x["resident_after"] for x in runs),
+                         "weights_held_bytes": runs[0]["weights_held"]}
     rows = [{"variant": n, "load s (median)": f"{m['seconds']:.3g}",
              "range": f"{m['seconds_range'][0]:.3g}-{m['seconds_range'][1]:.3g}",
              "peak RSS added MiB": f"{m['peak_added_bytes'] / common.MiB:.0f}",
-             "resident after MiB": f"{m['resident_after_bytes'] / common.MiB:.0f}"} for n, m in results.items()]
+             "resident after MiB": f"{m['resident_after_bytes'] / common.MiB:.0f}",
+             "weights loaded MiB": f"{m['weights_held_bytes'] / common.MiB:.0f}"} for n, m in results.items()]
     common.print_table(f"Loading {args.model} + a LoRA checkpoint (UNet + text encoder), CPU, fp32", rows)
     print("machine: " + common.machine_description(torch.device("cpu")))
     summary = {"model": args.model, "repeats": args.repeats, "results": results,
