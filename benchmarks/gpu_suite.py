@@ -1,25 +1,32 @@
-"""The GPU check in one command: every pipeline step for a few steps, the benchmark pairs, one table.
+"""The GPU check in one command: every pipeline step for a few steps, every finetune mode, one table.
 
     THREESTUDIO_ROOT=/path/to/threestudio python benchmarks/gpu_suite.py            # on a CUDA machine
     THREESTUDIO_ROOT=/path/to/threestudio python benchmarks/gpu_suite.py --dry-run  # CPU, tiny model
 
-On a GPU it runs ``dreambooth3d run``'s own steps (finetune, stage 1, stage 2, multi-view
-finetune, stage 3, export) with the real configs in fp16 (``16-mixed``, fp16 guidance
-weights) on Stable-Diffusion-2.1-base-shaped random weights (built once, nothing is
-downloaded), shortened only in step counts: each NeRF stage trains ``--nerf-steps``, each
-finetune ``--finetune-steps`` with ``--class-images`` class images; stage 2 and the export
-run at full size. Then the three benchmark pairs (``bench_sds.py``,
-``bench_translation.py`` at 4/8/16 views per call, ``bench_dreambooth_step.py``).
+On a GPU it answers what a user asks before a 2.5-hour run, within ``--budget`` (default 540 s,
+9 minutes on one H100/H200): it runs ``dreambooth3d run``'s own steps (finetune, stage 1,
+stage 2, multi-view finetune, stage 3, export) with the real configs (``16-mixed``, fp16
+guidance weights, the finetune's default mixed precision) on Stable-Diffusion-2.1-base-shaped
+random weights (built once, nothing is downloaded), shortened only in step counts and
+turntables: each NeRF stage trains ``--nerf-steps`` and renders an 8-view test orbit, each
+finetune ``--finetune-steps`` with ``--class-images`` class images; stage 2 (16 views at
+512 px) runs at full size and the export with nvdiffrast's CUDA context, as a real run does.
+Then every DreamBooth finetune mode (``bench_finetune_modes.py``: LoRA, full, full + text
+encoder, each with and without gradient checkpointing and 8-bit AdamW) and the three
+benchmark pairs (``bench_sds.py``, ``bench_translation.py`` at 4/8/16 views per call,
+``bench_dreambooth_step.py``); ``--skip-benchmarks`` leaves the pairs out.
 
 Every command runs in its own process under ``benchmarks/stage_timer.py`` (seconds per
 training step, peak GPU memory) and is bounded by ``--timeout`` (at most 600 s); the
-whole suite by ``--budget`` (default 2400 s). It prints and writes (``--out``,
-``gpu_suite.md`` and ``gpu_suite.json``) a table of s/step, peak memory and wall time per
-step, and an estimate of the default pipeline's time: each step's set-up time plus its
+whole suite by ``--budget``. It prints and writes (``--out``: ``gpu_suite.md`` and
+``gpu_suite.json``) ``dreambooth3d doctor``'s table, which CUDA pieces ran or were replaced by
+the pure-torch stand-ins (from the steps' logs), and a table of s/step, peak memory and wall time
+per step, and an estimate of the default pipeline's time: each step's set-up time plus its
 default step count (the default preset's finetune steps and class images, the configs'
-``trainer.max_steps``) times its s/step; stage 2 and the export as measured. A step that
-crashes or runs out of time fails the suite (exit 1) naming the step and its log; the
-steps after it are not run.
+``trainer.max_steps``) times its median s/step over the steps after the first ``--warmup``;
+stage 2 and the export as measured. On a GPU the tables also replace the GPU-suite section of
+docs/BENCHMARKS.md (``--docs``; ``--no-docs`` to leave it). A step that crashes or runs out of
+time fails the suite (exit 1) naming the step and its log; the steps after it are not run.
 
 ``--dry-run`` is the same on the CPU with the tiny random model, the smoke preset's step
 counts and override set, and the benchmarks at their smallest: what CI runs. Without
@@ -50,6 +57,12 @@ import common  # noqa: E402
 STAGE_TIMER = HERE / "stage_timer.py"
 MAX_CALL_S = 600  # the longest any one command may run
 PIPELINE_STEPS = ("finetune", "stage1", "stage2", "multiview_finetune", "stage3", "export")
+DEFAULT_BUDGET_S = 540  # 9 minutes: the GPU check fits a short device lease
+GPU_TEST_VIEWS = 8  # test-orbit views of stages 1 and 3 (the configs render 120)
+DOCS = REPO / "docs" / "BENCHMARKS.md"
+DOCS_BEGIN, DOCS_END = "<!-- gpu-suite:begin -->", "<!-- gpu-suite:end -->"
+# what the pure-torch stand-ins say when they replace a CUDA extension (cpu/compat.py, cpu/nerfacc.py)
+STAND_IN_MARKS = {"tinycudann": "tinycudann is not importable", "nerfacc kernels": "nerfacc's CUDA extension could not"}
 GiB = 2**30
 
 
@@ -103,7 +116,8 @@ def suite_context(args, out: Path, model: str, threestudio_root: Optional[Path])
         preset = PRESETS["smoke"]
     else:
         n = args.nerf_steps
-        short = [f"trainer.max_steps={n}", f"trainer.val_check_interval={n}"]
+        short = [f"trainer.max_steps={n}", f"trainer.val_check_interval={n}", "data.n_val_views=1",
+                 f"data.n_test_views={GPU_TEST_VIEWS}"]
         base = PRESETS["default"]
         preset = dataclasses.replace(
             base, name="gpu-suite", finetune_steps=args.finetune_steps, partial_step=max(1, args.finetune_steps // 2),
@@ -238,10 +252,10 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def markdown(rows: List[Dict], total_estimate: Optional[float], header: str) -> str:
+def markdown(rows: List[Dict], total_estimate: Optional[float], header: str, warmup: int = 0) -> str:
     cols = [("step", "step"), ("s_per_step", "s/step"), ("timed_steps", "timed steps"), ("peak_gib", "peak mem GiB"),
-            ("wall_s", "wall s"), ("default_steps", "default steps"), ("estimate_s", "default run s"),
-            ("status", "status")]
+            ("estimate_gib", "counted GiB"), ("wall_s", "wall s"), ("default_steps", "default steps"),
+            ("estimate_s", "default run s"), ("status", "status")]
     lines = [header, "", "| " + " | ".join(c for _, c in cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         cells = [_fmt(r.get(k)) for k, _ in cols]
@@ -249,8 +263,80 @@ def markdown(rows: List[Dict], total_estimate: Optional[float], header: str) -> 
         lines.append("| " + " | ".join(cells) + " |")
     if total_estimate is not None:
         lines += ["", f"Estimated default pipeline (finetune -> export): {total_estimate / 3600:.2f} h "
-                      f"({total_estimate:.0f} s) on this machine."]
+                      f"({total_estimate:.0f} s) on this machine: for each step its set-up time (wall time minus "
+                      f"its training steps) plus the default step count times its median s/step over the steps "
+                      f"after the first {warmup} (warm-up); class images at their measured rate; stage 2 and the "
+                      "export as measured (they run at full size); the full configs' validation renders and "
+                      "120-view turntables are not in it."]
     return "\n".join(lines)
+
+
+def environment_text(doctor: Dict[str, object], pieces: Dict[str, str]) -> str:
+    """doctor's table and which CUDA pieces ran, as markdown."""
+    lines = ["CUDA pieces in the pipeline steps (from their logs): "
+             + "; ".join(f"{name}: {how}" for name, how in pieces.items()) + ".",
+             "", f"`dreambooth3d doctor --preset {doctor['preset']}` on this machine:", "", "```",
+             str(doctor["table"]).rstrip(), "```"]
+    return "\n".join(lines)
+
+
+def write_docs_section(path: Path, text: str) -> None:
+    """Replace what lies between the GPU-suite markers of ``path`` with ``text``."""
+    from threestudio_dreambooth3d.fs import atomic_write_text
+
+    doc = path.read_text()
+    if DOCS_BEGIN not in doc or DOCS_END not in doc:
+        raise SystemExit(f"{path} has no {DOCS_BEGIN} ... {DOCS_END} section to write the tables into")
+    head, rest = doc.split(DOCS_BEGIN, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    atomic_write_text(path, f"{head}{DOCS_BEGIN}\n{text}\n{DOCS_END}{tail}")
+
+
+# -- the machine -------------------------------------------------------------------------------
+def run_doctor(args, out: Path) -> Dict[str, object]:
+    """``dreambooth3d doctor``'s table for the preset the suite runs (it may report missing pieces)."""
+    preset = "smoke" if args.dry_run else "default"
+    argv = [sys.executable, "-m", "threestudio_dreambooth3d.cli", "doctor", "--preset", preset, "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    return {"preset": preset, "exit": proc.returncode, "table": proc.stdout or proc.stderr}
+
+
+def cuda_pieces(logs: Path, steps: List[str]) -> Dict[str, str]:
+    """For tinycudann and nerfacc's kernels: the real one ran, or the pure-torch stand-in (its warning
+    in a step's log), or no threestudio step ran to tell."""
+    ran = [s for s in steps if s in PIPELINE_STEPS and s not in ("finetune", "multiview_finetune")]
+    out = {}
+    for piece, mark in STAND_IN_MARKS.items():
+        hits = [s for s in ran if (logs / f"{s}.log").is_file() and mark in (logs / f"{s}.log").read_text(errors="replace")]
+        out[piece] = (f"pure-torch stand-in (in {', '.join(hits)})" if hits
+                      else "the real CUDA extension" if ran and torch.cuda.is_available()
+                      else "pure-torch (CPU run)" if ran else "not known (no threestudio step ran)")
+    return out
+
+
+# -- the finetune modes ------------------------------------------------------------------------
+def run_finetune_modes(args, out: Path, deadline: float) -> List[Dict]:
+    """One row per DreamBooth mode x checkpointing x 8-bit AdamW (bench_finetune_modes.py, one process)."""
+    result = out / "timings" / "finetune_modes.json"
+    if args.dry_run:
+        spec = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0"]
+    else:
+        spec = ["--model", "sd21-random", "--device", "cuda", "--steps", "4", "--warmup", "2"]
+    argv = [sys.executable, str(HERE / "bench_finetune_modes.py"), *spec, "--models-dir", str(args.models_dir),
+            "--json", str(result)]
+    print("[suite] finetune modes: running", flush=True)
+    try:
+        wall = run_bounded(argv, out / "logs" / "finetune_modes.log", min(args.timeout, deadline - time.monotonic()))
+    except SubRunFailed as e:
+        return [{"step": "finetune mode", "status": f"FAILED: {e}"}]
+    rows = []
+    for mode, m in json.loads(result.read_text())["results"].items():
+        row = {"step": f"finetune mode: {mode}", "status": m["status"], "wall_s": wall}
+        if "s_per_step" in m:
+            row.update(s_per_step=m["s_per_step"], timed_steps=m["timed_steps"], peak_gib=m.get("peak_gib"),
+                       estimate_gib=m["estimate_gib"])
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -261,16 +347,19 @@ def main(argv=None) -> int:
     p.add_argument("--subject", default=str(REPO / "examples" / "red_toy"))
     p.add_argument("--class-noun", default="toy")
     p.add_argument("--prompt", default="a sks toy")
-    p.add_argument("--nerf-steps", type=int, default=30, help="training steps of stages 1 and 3 (GPU)")
-    p.add_argument("--finetune-steps", type=int, default=20, help="steps of each DreamBooth finetune (GPU)")
-    p.add_argument("--class-images", type=int, default=4, help="class images to generate (GPU)")
-    p.add_argument("--warmup", type=int, default=None, help="first steps left out of s/step (default 5; dry run 0)")
+    p.add_argument("--nerf-steps", type=int, default=20, help="training steps of stages 1 and 3 (GPU)")
+    p.add_argument("--finetune-steps", type=int, default=12, help="steps of each DreamBooth finetune (GPU)")
+    p.add_argument("--class-images", type=int, default=2, help="class images to generate (GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="first steps left out of s/step (default 4; dry run 0)")
     p.add_argument("--timeout", type=float, default=MAX_CALL_S, help=f"seconds per command (at most {MAX_CALL_S})")
-    p.add_argument("--budget", type=float, default=2400, help="seconds for the whole suite")
-    p.add_argument("--skip-benchmarks", action="store_true")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole suite")
+    p.add_argument("--skip-benchmarks", action="store_true", help="leave out the three benchmark pairs")
+    p.add_argument("--skip-modes", action="store_true", help="leave out the finetune modes")
+    p.add_argument("--docs", type=Path, default=DOCS, help="GPU run: replace its GPU-suite section with the tables")
+    p.add_argument("--no-docs", action="store_true", help="GPU run: leave --docs as it is")
     args = p.parse_args(argv)
     args.timeout = min(args.timeout, MAX_CALL_S)
-    args.warmup = (0 if args.dry_run else 5) if args.warmup is None else args.warmup
+    args.warmup = (0 if args.dry_run else 4) if args.warmup is None else args.warmup
     if not args.dry_run and not torch.cuda.is_available():
         p.error("no CUDA GPU visible: run with --dry-run for the CPU path")
     from threestudio_dreambooth3d.environment.threestudio_root import find_threestudio_root
@@ -289,7 +378,11 @@ def main(argv=None) -> int:
         model = str(save_tiny_sd(out / "models" / "tiny-sd"))
     else:
         model = common.resolve_model("sd21-random", args.models_dir)
+    doctor = run_doctor(args, out)
     rows = run_pipeline_steps(args, out, model, threestudio_root, deadline)
+    pieces = cuda_pieces(out / "run" / "logs", [r["step"] for r in rows if r.get("status") == "ok"])
+    if not args.skip_modes:
+        rows += run_finetune_modes(args, out, deadline)
     if not args.skip_benchmarks:
         rows += run_benchmarks(args, out, threestudio_root, deadline)
 
@@ -297,12 +390,16 @@ def main(argv=None) -> int:
     estimates = [r.get("estimate_s") for r in pipeline_rows]
     total = sum(estimates) if estimates and all(e is not None for e in estimates) else None
     kind = "dry run: CPU, tiny random model, smoke step counts" if args.dry_run else "GPU, SD-2.1-base-shaped random weights, fp16"
-    header = f"## GPU suite ({kind})\n\n{common.machine_description(device)}"
-    text = markdown(rows, total, header)
+    header = f"### GPU suite ({kind})\n\n{common.machine_description(device)}"
+    text = markdown(rows, total, header, args.warmup) + "\n\n" + environment_text(doctor, pieces)
     print("\n" + text, flush=True)
     (out / "gpu_suite.md").write_text(text + "\n")
     (out / "gpu_suite.json").write_text(json.dumps({"mode": kind, "machine": common.machine_description(device),
-                                                    "rows": rows, "estimate_default_pipeline_s": total}, indent=1))
+                                                    "rows": rows, "estimate_default_pipeline_s": total,
+                                                    "doctor": doctor, "cuda_pieces": pieces}, indent=1))
+    if not args.dry_run and not args.no_docs:
+        write_docs_section(args.docs, text)
+        print(f"[suite] tables written into {args.docs}", flush=True)
     failed = [r for r in rows if str(r.get("status", "")).startswith("FAILED")]
     for r in failed:
         print(f"gpu_suite: {r['step']} {r['status']}", file=sys.stderr)

@@ -45,6 +45,15 @@ def test_dry_run_writes_a_row_with_numbers_for_each_step_it_can_run(tmp_path):
     table = (tmp_path / "suite" / "gpu_suite.md").read_text()
     assert all(f"| {name}" in table for name in ("finetune", "stage1", "export", "bench_translation: one call per view"))
     assert table in r.stdout
+    # every finetune mode has its row: the runnable ones with numbers, 8-bit AdamW without bitsandbytes says so
+    modes = {r["step"]: r for r in rows if r["step"].startswith("finetune mode: ")}
+    assert len(modes) == 12, list(modes)
+    for name in ("lora, no checkpointing, AdamW", "full, checkpointing, AdamW", "full + text encoder, checkpointing, AdamW"):
+        assert modes[f"finetune mode: {name}"]["s_per_step"] > 0, modes
+    assert all(m["status"] == "ok" or "bitsandbytes" in m["status"] for m in modes.values())
+    # doctor's table and the CUDA pieces are in the report
+    assert "free disk" in report["doctor"]["table"] and set(report["cuda_pieces"]) == {"tinycudann", "nerfacc kernels"}
+    assert "dreambooth3d doctor --preset smoke" in table
 
 
 @pytest.mark.slow
@@ -55,3 +64,37 @@ def test_a_step_that_runs_out_of_time_fails_the_suite_by_name(tmp_path):
     assert "finetune" in r.stderr and "timed out after 1 s" in r.stderr, r.stderr[-2000:]
     _, by_step, _ = rows_by_step(tmp_path)
     assert by_step["finetune"]["status"].startswith("FAILED")
+
+
+def _suite_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_shows_the_540_s_default_budget():
+    r = subprocess.run([sys.executable, str(SUITE), "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "--budget" in r.stdout
+    assert "(default: 540)" in " ".join(r.stdout.split()), r.stdout
+
+
+def test_gpu_tables_replace_only_the_docs_section(tmp_path):
+    suite = _suite_module()
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# B\n\nbefore\n{suite.DOCS_BEGIN}\nold table\n{suite.DOCS_END}\nafter\n")
+    suite.write_docs_section(doc, "| new | table |")
+    assert doc.read_text() == f"# B\n\nbefore\n{suite.DOCS_BEGIN}\n| new | table |\n{suite.DOCS_END}\nafter\n"
+    assert suite.DOCS_BEGIN in suite.DOCS.read_text() and suite.DOCS_END in suite.DOCS.read_text()
+
+
+def test_cuda_pieces_are_read_from_the_step_logs(tmp_path, monkeypatch):
+    suite = _suite_module()
+    monkeypatch.setattr(suite.torch.cuda, "is_available", lambda: True)
+    (tmp_path / "stage1.log").write_text("UserWarning: tinycudann is not importable: using the pure-torch stand-in")
+    (tmp_path / "stage3.log").write_text("all fine")
+    pieces = suite.cuda_pieces(tmp_path, ["finetune", "stage1", "stage3"])
+    assert pieces == {"tinycudann": "pure-torch stand-in (in stage1)", "nerfacc kernels": "the real CUDA extension"}
+    assert suite.cuda_pieces(tmp_path, ["finetune"])["tinycudann"].startswith("not known")
