@@ -169,15 +169,23 @@ def threestudio_for(args: argparse.Namespace):
 def check_environment(args: argparse.Namespace) -> None:
     """``dreambooth3d doctor``'s checks for this preset, before anything is built: a missing piece
     stops the run here (a dry run only warns), warnings are printed."""
-    from ..environment.doctor import MISSING, WARN, format_table, run_checks
+    from ..cpu.standin_cost import gpu_standins, measured_notice
+    from ..environment.doctor import MISSING, WARN, format_table, gpu_info, run_checks
+    from ..pipeline.presets import get_preset
 
     out = output_folder(args)
-    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out,
+    info = gpu_info()
+    rows = run_checks(args.preset, model=args.model or "", threestudio=args.threestudio, out=out, gpu=info,
                       finetune_args=parse_set(args.overrides).get("finetune", []),
                       prior=args.prior, mvdream=args.mvdream)
+    # a stand-in on a GPU is said once, with what it costs here, instead of its doctor row
+    notice = measured_notice(rows, gpu=info.available and not get_preset(args.preset).cpu)
+    replaced = gpu_standins(rows) if notice else []
     for r in rows:
-        if r.status == WARN:
+        if r.status == WARN and r.name not in replaced:
             _warn(f"{r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else ""))
+    if notice:
+        _warn(notice)
     missing = [r for r in rows if r.status == MISSING]
     if not missing:
         return
