@@ -246,10 +246,11 @@ def test_a_failed_step_shows_where_and_why(fake):
 # -- progress ---------------------------------------------------------------------------------
 
 RUN_OUTPUT = (
-    "[1/7] finetune: DreamBooth finetune (not run yet)\n"
+    "[1/7] finetune: DreamBooth finetune on the photos (partial + full checkpoints): starting\n"
     "    finetune steps: 1/4\n"
     "[1/7] finetune: done in 12s\n"
-    "[2/7] stage1: stage 1: DreamFusion with the partial DreamBooth model (not run yet)\n"
+    "[2/7] stage1: stage 1: DreamFusion with the partial DreamBooth model: starting (interrupted last time; "
+    "restarting cleanly)\n"
     "    training: 0/20\n"
     "    training: 5/20\n"
 )

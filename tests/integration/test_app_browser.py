@@ -1,4 +1,5 @@
-"""``dreambooth3d app`` in a real browser: Chromium driven by Playwright uploads examples/red_toy, runs
+"""``dreambooth3d app`` in a real browser: Chromium driven by Playwright is refused a bad photo in the page,
+then uploads examples/red_toy, runs
 ``--preset smoke`` (the real pipeline on the CPU, a few minutes), watches the live ``[n/7]`` progress,
 restarts the server in the middle of the job (the job is listed as unfinished and resumed with one
 click) and ends with the GLB in the 3D viewer and a working download.
@@ -121,6 +122,25 @@ def test_browser_upload_run_restart_resume_download(threestudio, tmp_path):
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
+            # a bad photo: an error in the page before anything is queued, never a traceback
+            bad = tmp_path / "notes.png"
+            bad.write_text("not an image")
+            page = browser.new_page()
+            page.goto(server.url)
+            page.wait_for_selector("#photos")
+            page.locator("#photos input[type=file]").set_input_files([str(p) for p in sorted(RED_TOY.iterdir())]
+                                                                    + [str(bad)])
+            page.locator("#class_noun textarea").fill("toy")
+            page.locator("#prompt textarea").fill("a sks toy on a table")
+            page.wait_for_function("document.querySelectorAll('#photos tr.file').length >= 5", timeout=60_000)
+            page.locator("#run").click()
+            page.wait_for_function("document.querySelector('#status textarea').value.startsWith('error:')",
+                                   timeout=60_000)
+            assert status(page).startswith("error: 04_notes.png cannot be read as an image")
+            assert "Traceback" not in page.locator("#log textarea").input_value()
+            assert not list(out_root.glob("*/job.json"))
+            page.close()
+
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(server.url)
             page.wait_for_selector("#photos")
@@ -128,8 +148,7 @@ def test_browser_upload_run_restart_resume_download(threestudio, tmp_path):
             page.locator("#photos input[type=file]").set_input_files([str(p) for p in sorted(RED_TOY.iterdir())])
             page.locator("#class_noun textarea").fill("toy")
             page.locator("#prompt textarea").fill("a sks toy on a table")
-            page.wait_for_function("document.querySelectorAll('#photos .file-preview tr, #photos table tr')"
-                                   ".length >= 4", timeout=60_000)
+            page.wait_for_function("document.querySelectorAll('#photos tr.file').length >= 4", timeout=60_000)
             page.locator("#run").click()
 
             # live progress: the [n/7] step line and a bar of a running step, while the job runs
