@@ -164,3 +164,18 @@ def test_extra_views_need_the_mvdream_base_model(subject, tmp_path, capsys):
             "--extra-views", str(tmp_path / "pseudo")]
     assert run_cli(argv) == 2
     assert "--extra-views (pseudo views as 4-view sets) needs --base-model mvdream" in capsys.readouterr().err
+
+
+def test_rounds_repeat_the_multiview_steps_on_mvdream(make_ctx):
+    from threestudio_dreambooth3d.finetune_options import FinetuneOptions
+
+    ctx = make_ctx(prior="mvdream", rounds=2)
+    names = [s.name for s in steps_for(ctx.method, ctx.rounds, ctx.prior)]
+    assert names == MV_ORDER[:-2] + ["stage2_r2", "multiview_finetune_r2", "stage3_r2", "export", "summary"]
+    r2 = FinetuneOptions.parse(get_step("multiview_finetune_r2", ctx.method, ctx.prior).command(ctx).argv[4:])
+    assert (r2.base_model, Path(r2.init_checkpoint)) == ("mvdream", ctx.checkpoint("multiview", 1))
+    assert Path(r2.extra_views) == ctx.pseudo_views_for(2)
+    s3 = get_step("stage3_r2", ctx.method, ctx.prior).command(ctx)
+    assert _argv_value(s3, "--config").endswith("dreambooth3d-mvdream-stage3.yaml")
+    d3 = dotlist_of(s3)
+    assert Path(d3.system.guidance.checkpoint) == ctx.checkpoint("multiview", 2) and d3.data.batch_size == 4
