@@ -45,8 +45,11 @@ def test_stages_1_and_3_ran_the_multiview_guidance_on_4_view_batches(mv_smoke):
         assert cfg["data_type"] == "dreambooth-multiview-camera-datamodule" and cfg["data"]["batch_size"] == 4
         assert Path(cfg["system"]["guidance"]["checkpoint"]) == ckpt
         assert Path(cfg["system"]["guidance"]["pretrained_model_name_or_path"]) == mv_smoke / "models" / "tiny-mvdream"
-    stage2 = yaml.safe_load((mv_smoke / "stage2" / "run" / "configs" / "parsed.yaml").read_text())
-    assert stage2["system"]["guidance_type"] == "dreambooth-sds-guidance"  # the 2D full DreamBooth translates
+    # stage 2 (a --test run: no parsed config) translates with the 2D full DreamBooth on the tiny SD
+    command = json.loads((mv_smoke / "manifest.json").read_text())["steps"]["stage2"]["inputs"]["command"]
+    assert any(a.endswith("configs/dreambooth3d-stage2.yaml") for a in command)
+    assert "system.guidance.pretrained_model_name_or_path=$OUT/models/tiny-sd" in command
+    assert "system.guidance.checkpoint=$OUT/finetune/checkpoints/full" in command
 
 
 def test_the_multiview_finetunes_trained_the_mvdream_model(mv_smoke):
