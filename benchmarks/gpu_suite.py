@@ -70,6 +70,16 @@ class SubRunFailed(RuntimeError):
     pass
 
 
+# the pipeline's steps come first and must all run; the measurements after them (finetune modes,
+# benchmark pairs) start only with this much --budget left and are otherwise reported as not run
+MIN_LEFT_S = 60
+BUDGET_SPENT = f"not run: less than {MIN_LEFT_S} s of --budget left"
+
+
+def budget_spent(deadline: float) -> bool:
+    return deadline - time.monotonic() < MIN_LEFT_S
+
+
 # -- running one bounded command ---------------------------------------------------------------
 def run_bounded(argv: List[str], log: Path, timeout: float, cwd: Optional[Path] = None,
                 env: Optional[Dict[str, str]] = None) -> float:
@@ -226,6 +236,9 @@ def run_benchmarks(args, out: Path, threestudio_root: Optional[Path], deadline: 
         if name == "bench_sds" and threestudio_root is None:
             rows.append({"step": name, "status": "not run: threestudio not found (set THREESTUDIO_ROOT)"})
             continue
+        if budget_spent(deadline):
+            rows.append({"step": name, "status": BUDGET_SPENT})
+            continue
         result = out / "timings" / f"{name}.json"
         argv = [sys.executable, str(HERE / f"{name}.py"), *bench_args, "--models-dir", str(args.models_dir),
                 "--json", str(result)]
@@ -324,6 +337,8 @@ def run_finetune_modes(args, out: Path, deadline: float) -> List[Dict]:
         spec = ["--model", "sd21-random", "--device", "cuda", "--steps", "4", "--warmup", "2"]
     argv = [sys.executable, str(HERE / "bench_finetune_modes.py"), *spec, "--models-dir", str(args.models_dir),
             "--json", str(result)]
+    if budget_spent(deadline):
+        return [{"step": "finetune mode", "status": BUDGET_SPENT}]
     print("[suite] finetune modes: running", flush=True)
     try:
         wall = run_bounded(argv, out / "logs" / "finetune_modes.log", min(args.timeout, deadline - time.monotonic()))

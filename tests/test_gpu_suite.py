@@ -98,3 +98,15 @@ def test_cuda_pieces_are_read_from_the_step_logs(tmp_path, monkeypatch):
     pieces = suite.cuda_pieces(tmp_path, ["finetune", "stage1", "stage3"])
     assert pieces == {"tinycudann": "pure-torch stand-in (in stage1)", "nerfacc kernels": "the real CUDA extension"}
     assert suite.cuda_pieces(tmp_path, ["finetune"])["tinycudann"].startswith("not known")
+
+
+def test_measurements_after_the_pipeline_are_skipped_not_failed_when_the_budget_is_spent(tmp_path):
+    import argparse
+    import time
+
+    suite = _suite_module()
+    args = argparse.Namespace(dry_run=True, models_dir=tmp_path, timeout=600)
+    deadline = time.monotonic() + 10  # under a minute left
+    rows = suite.run_finetune_modes(args, tmp_path, deadline) + suite.run_benchmarks(args, tmp_path, None, deadline)
+    assert [r["status"] for r in rows if r["step"] != "bench_sds"] == [suite.BUDGET_SPENT] * 3
+    assert not any(r["status"].startswith("FAILED") for r in rows)
