@@ -16,7 +16,6 @@ import os
 import shlex
 import socket
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Union
@@ -24,6 +23,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Union
 import filelock
 
 from ..errors import FolderInUseError
+from ..formats import now_iso
 from ..fs import atomic_write_text
 
 LOCK_FILE = ".dreambooth3d.lock"
@@ -68,7 +68,7 @@ def folder_lock(folder: Union[str, Path], argv: Optional[Sequence[str]] = None) 
         command = shlex.join(argv if argv is not None else ["dreambooth3d", *sys.argv[1:]])
         atomic_write_text(folder / INFO_FILE, json.dumps({
             "pid": os.getpid(), "host": socket.gethostname(), "command": command,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+            "since": now_iso()}, indent=2))
         yield
     finally:
         (folder / INFO_FILE).unlink(missing_ok=True)
