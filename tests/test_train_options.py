@@ -161,9 +161,12 @@ def test_finetune_cli_options_reach_the_trainer_config(tiny_sd_path, subject_dir
         "bf16", False, True, 2.5)
 
 
-def test_tf32_is_enabled_for_cuda_only(monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert not opts.enable_tf32(torch.device("cpu")) and not torch.backends.cuda.matmul.allow_tf32
-    assert opts.enable_tf32(torch.device("cuda"))  # only flags: no CUDA call is made
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+def test_tf32_is_enabled_for_cuda_only():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:  # torch's flag objects are not monkeypatch-able (no plain attributes): set and restore by hand
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert not opts.enable_tf32(torch.device("cpu")) and not torch.backends.cuda.matmul.allow_tf32
+        assert opts.enable_tf32(torch.device("cuda"))  # only flags: no CUDA call is made
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
