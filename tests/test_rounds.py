@@ -55,9 +55,15 @@ def test_each_round_builds_on_the_previous_rounds_results(make_ctx):
 
 def test_a_two_round_run_is_resumable_per_round_and_summarises_every_round(make_ctx):
     ctx = make_ctx(rounds=2)
+    steps = steps_for("dreambooth3d", 2)
+    # interrupted in round 2's stage 3: the rerun resumes there, round 1 and stage2_r2 are kept
+    broken = FakeExecutor(interrupt_on="stage3_r2")
+    with pytest.raises(KeyboardInterrupt):
+        Runner(ctx, steps=steps, executor=broken).run()
+    assert broken.calls == ["finetune", "stage1", "stage2", "multiview_finetune", "stage3", *ROUND_2]
     fake = FakeExecutor()
-    m = Runner(ctx, steps=steps_for("dreambooth3d", 2), executor=fake).run()
-    assert fake.calls == ["finetune", "stage1", "stage2", "multiview_finetune", "stage3", *ROUND_2, "export"]
+    m = Runner(ctx, steps=steps, executor=fake).run()
+    assert fake.calls == ["stage3_r2", "export"]
     assert all(r.status == "done" for r in m.steps.values())
     export = next(c for c in m.steps["export"].commands)
     assert str(ctx.last_ckpt("stage3_r2")) in export
@@ -66,20 +72,17 @@ def test_a_two_round_run_is_resumable_per_round_and_summarises_every_round(make_
                 "results/stage3_r2_turntable.mp4"):
         assert (ctx.out / rel).is_file() and rel in page, rel
     assert page.index("stage3_turntable.mp4") < page.index("stage3_r2_turntable.mp4")
-    # nothing to redo; an interrupted round-2 stage 3 redoes only itself and what follows
+    # nothing to redo; redoing round 1's stage 3 redoes round 2, which builds on it
     again = FakeExecutor()
-    Runner(ctx, steps=steps_for("dreambooth3d", 2), executor=again).run()
+    Runner(ctx, steps=steps, executor=again).run()
     assert again.calls == []
-    broken = FakeExecutor(interrupt_on="stage3_r2")
-    with pytest.raises(KeyboardInterrupt):
-        Runner(ctx, steps=steps_for("dreambooth3d", 2), executor=broken).run(start_from="stage3_r2")
-    resumed = FakeExecutor()
-    Runner(ctx, steps=steps_for("dreambooth3d", 2), executor=resumed).run()
-    assert resumed.calls == ["stage3_r2", "export"]
-    # redoing round 1's stage 3 redoes round 2, which builds on it
     redo = FakeExecutor()
-    Runner(ctx, steps=steps_for("dreambooth3d", 2), executor=redo).run(start_from="stage3")
+    Runner(ctx, steps=steps, executor=redo).run(start_from="stage3")
     assert redo.calls == ["stage3", *ROUND_2, "export"]
+    # --from a later round's step redoes that round only
+    r2 = FakeExecutor()
+    Runner(ctx, steps=steps, executor=r2).run(start_from="stage2_r2")
+    assert r2.calls == [*ROUND_2, "export"]
 
 
 def _argv(subject, fake_threestudio, configs, tmp_path, *extra):
