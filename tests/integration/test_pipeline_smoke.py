@@ -106,7 +106,7 @@ def test_killed_run_resumes_without_recomputing_stage1(smoke):
 
 def test_changed_subject_photo_reruns_the_finetune(smoke):
     after, changed = smoke["after"], smoke["changed"]
-    assert "[1/7] finetune: DreamBooth finetune on the photos (partial + full checkpoints) (inputs changed: subject photos)" \
+    assert "[1/7] finetune: DreamBooth finetune on the photos (partial + full checkpoints): starting (inputs changed: subject photos)" \
         in smoke["run3"]
     assert changed["finetune"]["status"] == "done"
     assert changed["finetune"]["output_id"] != after["finetune"]["output_id"]
