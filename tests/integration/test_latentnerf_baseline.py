@@ -56,7 +56,7 @@ def test_latentnerf_baseline_trains_and_decodes_its_renders(threestudio, project
     moved = [k for k, v in init.state_dict().items() if k.startswith("geometry.") and not torch.equal(v, trained[k])]
     assert moved and all(torch.isfinite(trained[k]).all() for k in moved)
     frames = sorted((trial / "save" / f"it{smoke.TRAIN_STEPS}-test").glob("*.png"))
-    assert len(frames) == 4 and Image.open(frames[0]).size[1] == smoke.RENDER_SIZE
+    assert len(frames) == smoke.TURNTABLE_VIEWS and Image.open(frames[0]).size[1] == smoke.RENDER_SIZE
 
 
 def test_export_material_turns_latents_into_rgb_with_latentnerfs_matrix(threestudio, tmp_path):

@@ -14,16 +14,16 @@ from typing import Dict, List
 
 RENDER_SIZE = 32  # training and evaluation renders (the tiny SD's own image size)
 TRAIN_STEPS = 2
+TURNTABLE_VIEWS = 5  # azimuths 0, 90, 180, 270, 360: one back view, so the Janus score has a frame to judge
 
 # every NeRF stage config (dreambooth3d-stage{1,2,3}.yaml, dreamboothfusion-baseline.yaml)
 STAGE: List[str] = [
     # render resolution (the latent resolution follows the model)
     f"data.width={RENDER_SIZE}", f"data.height={RENDER_SIZE}",
     f"data.eval_width={RENDER_SIZE}", f"data.eval_height={RENDER_SIZE}",
-    # steps: training steps, validation once at the end, a 5-frame turntable (azimuths 0, 90,
-    # 180, 270, 360: one back view, so the Janus score has a frame to judge)
+    # steps: training steps, validation once at the end, a short turntable
     f"trainer.max_steps={TRAIN_STEPS}", f"trainer.val_check_interval={TRAIN_STEPS}",
-    "data.n_val_views=1", "data.n_test_views=5",
+    "data.n_val_views=1", f"data.n_test_views={TURNTABLE_VIEWS}",
     # a 2^15-entry hash table per level (the configs' 2^19: 12.6M parameters, a 151 MB checkpoint with
     # Adam's state): the smoke output stays under 100 MB, and the CPU hash grid is faster
     "system.geometry.pos_encoding_config.log2_hashmap_size=15",
@@ -37,8 +37,11 @@ OVERRIDES: Dict[str, List[str]] = {
     # latentnerf-dreambooth-baseline.yaml: training renders are latents (16 x 16, the tiny SD's
     # latent size); evaluation renders at the image size, so decoded latents and opacity share
     # a size in the saved grids, as threestudio's 512 does for SD
+    # latentnerf.yaml's geometry leaves pos_encoding_config to implicit-volume's default dict, which a
+    # single-key override would replace whole (no otype): it keeps its 2^19 table
     "latentnerf": [f"data.width={RENDER_SIZE // 2}", f"data.height={RENDER_SIZE // 2}",
-                   *[o for o in STAGE if not o.startswith(("data.width=", "data.height="))]],
+                   *[o for o in STAGE if not o.startswith(("data.width=", "data.height=",
+                                                            "system.geometry.pos_encoding_config."))]],
     # --prior mvdream, after a stage's own (dreambooth3d-mvdream-stage{1,3}.yaml): one size and one
     # 4-view object per step instead of the 64 -> 256 px, 8 -> 4 views schedule; the guidance
     # resizes renders to the tiny MVDream's own 32 px
