@@ -46,22 +46,12 @@ VARIANTS = {
 
 def lora_checkpoint(model: str, folder: Path) -> Path:
     """A checkpoint with non-zero rank-16 LoRA on the UNet and the text encoder (train_text_encoder's case)."""
-    from threestudio_dreambooth3d.core import checkpoints, lora
-    from threestudio_dreambooth3d.core.sd_models import load_sd_components
+    from threestudio_dreambooth3d.core import checkpoints
+    from threestudio_dreambooth3d.tiny_models.sd import save_random_lora_checkpoint
 
     if checkpoints.is_checkpoint(folder):
         return folder
-    comps = load_sd_components(model)
-    torch.manual_seed(0)
-    for name in checkpoints.MODULES:
-        module = getattr(comps, name)
-        lora.add_lora(module, 16, 16, checkpoints.LORA_TARGETS[name])
-        with torch.no_grad():
-            for n, p in module.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 1e-3)
-    return checkpoints.save_checkpoint(folder, {n: (getattr(comps, n), False) for n in checkpoints.MODULES},
-                                       {"mode": "lora", "base_model": model})
+    return save_random_lora_checkpoint(model, folder, rank=16, std=1e-3)
 
 
 def child(user: str, how: str, model: str, checkpoint: str) -> dict:

@@ -5,6 +5,7 @@ import torch
 
 from threestudio_dreambooth3d.core import checkpoints, lora
 from threestudio_dreambooth3d.core.sd_models import DENOISING_PARTS, TEXT_PARTS, load_sd_components
+from threestudio_dreambooth3d.tiny_models.sd import save_random_lora_checkpoint
 
 PROMPTS = ["a sks dog", "a sks dog, back view", ""]
 
@@ -12,17 +13,7 @@ PROMPTS = ["a sks dog", "a sks dog, back view", ""]
 @pytest.fixture(scope="module")
 def te_and_unet_lora(tiny_sd_path, tmp_path_factory):
     """A checkpoint with LoRA layers on both the UNet and the text encoder (non-zero, so they change outputs)."""
-    comps = load_sd_components(tiny_sd_path)
-    torch.manual_seed(0)
-    for name in checkpoints.MODULES:
-        module = getattr(comps, name)
-        lora.add_lora(module, 4, 4, checkpoints.LORA_TARGETS[name])
-        with torch.no_grad():
-            for n, p in module.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.5)
-    modules = {name: (getattr(comps, name), False) for name in checkpoints.MODULES}
-    return checkpoints.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "full", modules, {"mode": "lora"})
+    return save_random_lora_checkpoint(tiny_sd_path, tmp_path_factory.mktemp("ckpt") / "full", rank=4, std=0.5)
 
 
 @pytest.fixture

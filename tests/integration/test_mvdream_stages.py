@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from test_stages import launch, metrics, state_dict
+from test_stages import launch, metrics, project, state_dict  # noqa: F401 (project is a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -14,16 +14,6 @@ def tiny_mv(tmp_path_factory):
     from threestudio_dreambooth3d.tiny_models.mvdream import build_tiny_mvdream
 
     return build_tiny_mvdream(tmp_path_factory.mktemp("models") / "tiny-mvdream")
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, threestudio):
-    from test_stages import EXTENSION
-
-    root = tmp_path_factory.mktemp("project")
-    (root / "custom").mkdir()
-    (root / "custom" / "threestudio-dreambooth3d").symlink_to(EXTENSION)
-    return root
 
 
 def _mv(stage: str):

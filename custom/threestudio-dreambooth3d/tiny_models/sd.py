@@ -217,6 +217,26 @@ def save_sd21_base_random(folder: Union[str, Path], seed: int = 0) -> Path:
     return _save_pipeline(sd21_base_components(seed), folder)
 
 
+def save_random_lora_checkpoint(model: Union[str, Path], folder: Union[str, Path], rank: int, std: float,
+                                seed: int = 0) -> Path:
+    """A DreamBooth checkpoint (``mode: lora``) of ``model`` with rank-``rank`` LoRA on every trained module
+    (UNet and text encoder), ``lora_B`` drawn from N(0, std) so the adapters change outputs."""
+    from ..core import checkpoints, lora
+    from ..core.sd_models import load_sd_components
+
+    comps = load_sd_components(str(model))
+    torch.manual_seed(seed)
+    for name in checkpoints.MODULES:
+        module = getattr(comps, name)
+        lora.add_lora(module, rank, rank, checkpoints.LORA_TARGETS[name])
+        with torch.no_grad():
+            for n, p in module.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, std)
+    return checkpoints.save_checkpoint(Path(folder), {n: (getattr(comps, n), False) for n in checkpoints.MODULES},
+                                       {"mode": "lora", "base_model": str(model)})
+
+
 def make_subject_images(folder: Union[str, Path], n: int = 4, size: int = 64,
                         color=(220, 30, 30), background=(255, 255, 255), seed: int = 0,
                         ext: str = "png") -> Path:
